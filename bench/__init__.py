@@ -1,0 +1,1 @@
+"""Benchmarks of stochnet's fused ops against eager PyTorch and torch.compile: ``python -m bench``."""

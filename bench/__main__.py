@@ -1,0 +1,59 @@
+"""``python -m bench [--op stoc_relu_ema] [--device cpu|cuda] [--repeats N] [--quick] [--json PATH]``
+
+Prints one table per (shape, pass) and writes the report as JSON
+(default ``bench/results/<op>-<device>.json``).
+"""
+import argparse
+import importlib
+from pathlib import Path
+
+import torch
+
+from . import harness
+
+OPS = {"stoc_relu_ema": "bench.stoc_relu_ema"}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmark a fused stochnet op against eager PyTorch and torch.compile.")
+    parser.add_argument("--op", choices=sorted(OPS), default="stoc_relu_ema")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="default: cuda when available, else cpu")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed samples per contender (default 20; 3 with --quick)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed calls per contender before timing (default 3; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny shapes and few repeats: a smoke test, not a measurement")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the report (default bench/results/<op>-<device>.json)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.warmup is not None and args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    return args
+
+
+def main(argv=None):
+    """Run the benchmark, print its tables, write its JSON; returns (report, json path)."""
+    args = parse_args(argv)
+    if args.device == "cuda" or (args.device is None and torch.cuda.is_available()):
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 20)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    benchmark = importlib.import_module(OPS[args.op])
+    report = benchmark.run(device, repeats=repeats, warmup=warmup, quick=args.quick)
+    print(harness.format_report(report), flush=True)
+    path = harness.write_json(report, args.json or RESULTS / f"{args.op}-{device.type}.json")
+    print(f"wrote {path}")
+    return report, path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Generic benchmark machinery shared by the op benchmarks.
+
+An op benchmark builds :class:`Contender` s (one iteration of work each) and calls
+:func:`compare`, which times them round-robin next to a ``dst.copy_(src)`` of the same size
+(the machine's copy bandwidth, measured under the same conditions), and returns rows with
+medians, quartiles, ratios against the reference contenders, and achieved bandwidth.
+:func:`format_report` prints a report of such cases; :func:`write_json` stores it.
+"""
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+REFERENCES = ("eager", "compiled")
+_COPY = "copy"
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: one sample per repeat, each the mean of ``inner`` back-to-back calls."""
+
+    samples: tuple
+    inner: int
+
+    @property
+    def median(self):
+        return statistics.median(self.samples)
+
+    def quartiles(self):
+        if len(self.samples) < 2:
+            return self.samples[0], self.samples[0]
+        q1, _, q3 = statistics.quantiles(self.samples, n=4, method="inclusive")
+        return q1, q3
+
+    def to_dict(self):
+        q1, q3 = self.quartiles()
+        return {"median_s": self.median, "min_s": min(self.samples), "q1_s": q1, "q3_s": q3,
+                "iqr_s": q3 - q1, "repeats": len(self.samples), "inner": self.inner}
+
+
+def _sample(fn, device, inner):
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / inner
+
+
+def measure(fns, device, repeats, warmup, min_sample_s=0.0):
+    """Time each callable of ``fns`` (name -> fn) and return name -> :class:`Timing`.
+
+    Every callable gets ``warmup`` untimed calls; then ``inner`` is set so that one sample
+    lasts at least ``min_sample_s`` (keeps timer and launch overhead small on tiny inputs).
+    The samples are taken round-robin, so drift and other load on the machine hit every
+    contender alike. The garbage collector is paused while timing.
+    """
+    inner = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        once = max(_sample(fn, device, 1), 1e-9)
+        inner[name] = max(1, math.ceil(min_sample_s / once))
+    samples = {name: [] for name in fns}
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                samples[name].append(_sample(fn, device, inner[name]))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {name: Timing(tuple(values), inner[name]) for name, values in samples.items()}
+
+
+def copy_callable(numel, dtype, device):
+    """``dst.copy_(src)`` of two ``numel``-element tensors whose memory is already touched,
+    and the bytes one call moves (read src + write dst)."""
+    src = torch.ones(numel, dtype=dtype, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return (lambda: dst.copy_(src)), 2 * numel * src.element_size()
+
+
+def saved_tensor_bytes(fn):
+    """Bytes of the distinct storages autograd saves for backward while ``fn()`` runs.
+
+    A saved view counts its whole storage: that is what the graph keeps alive.
+    """
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = fn()
+    total = sum(storages.values())
+    del output
+    return total
+
+
+def peak_memory_bytes(fn, device):
+    """Peak bytes allocated above the starting level while ``fn()`` runs; None off CUDA,
+    where the allocator keeps no such statistic."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+@dataclass
+class Contender:
+    """One way of doing a case's work: ``fn()`` is one iteration.
+
+    ``kind`` is 'fused', 'eager' or 'compiled'; ``extra`` fields are copied into its row
+    (backend, compile_s, saved_bytes, peak_bytes, ...).
+    """
+
+    name: str
+    kind: str
+    fn: Callable[[], object]
+    extra: dict = field(default_factory=dict)
+
+
+def compare(contenders, device, *, nbytes, copy_numel, copy_dtype, repeats, warmup,
+            min_sample_s=0.0, references=REFERENCES):
+    """Time ``contenders`` and a same-size copy round-robin; one result row per contender.
+
+    ``nbytes`` is the traffic the work needs at least (the fused op's reads and writes);
+    every row's ``gbps`` divides it by that row's median, and ``fraction_of_copy`` relates
+    it to the copy bandwidth of this run. ``<ref>_over_this`` is the median of the reference
+    contender named ``ref`` over this row's median (above 1: this row is faster).
+    """
+    names = [c.name for c in contenders]
+    if _COPY in names or len(set(names)) != len(names):
+        raise ValueError(f"contender names must be distinct and not {_COPY!r}, got {names}")
+    copy_fn, copy_bytes = copy_callable(copy_numel, copy_dtype, device)
+    fns = {c.name: c.fn for c in contenders}
+    fns[_COPY] = copy_fn
+    timings = measure(fns, device, repeats, warmup, min_sample_s)
+    copy_timing = timings.pop(_COPY)
+    copy_gbps = copy_bytes / copy_timing.median / 1e9
+    rows = []
+    for contender in contenders:
+        timing = timings[contender.name]
+        gbps = nbytes / timing.median / 1e9
+        rows.append({"name": contender.name, "kind": contender.kind, **timing.to_dict(),
+                     "gbps": gbps, "fraction_of_copy": gbps / copy_gbps, **contender.extra})
+    medians = {row["name"]: row["median_s"] for row in rows}
+    for row in rows:
+        for ref in references:
+            if ref in medians:
+                row[f"{ref}_over_this"] = medians[ref] / row["median_s"]
+    return {"bytes_moved": nbytes,
+            "copy": {"bytes": copy_bytes, "gbps": copy_gbps, **copy_timing.to_dict()},
+            "results": rows}
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device):
+    """What the numbers were measured on."""
+    info = {"device": device.type, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+    else:
+        info["name"] = _cpu_name()
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        info["cpu_count"] = os.cpu_count()
+        if hasattr(os, "getloadavg"):
+            info["load_average"] = os.getloadavg()[0]
+    return info
+
+
+def _ms(value):
+    return f"{value * 1e3:.3f}"
+
+
+def _size(nbytes):
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes} B"
+
+
+_COLUMNS = (
+    ("contender", "name", str),
+    ("median ms", "median_s", _ms),
+    ("min ms", "min_s", _ms),
+    ("IQR ms", "iqr_s", _ms),
+    ("eager/this", "eager_over_this", lambda v: f"{v:.2f}x"),
+    ("compiled/this", "compiled_over_this", lambda v: f"{v:.2f}x"),
+    ("GB/s", "gbps", lambda v: f"{v:.2f}"),
+    ("% copy", "fraction_of_copy", lambda v: f"{100 * v:.1f}%"),
+    ("saved", "saved_bytes", _size),
+    ("peak", "peak_bytes", _size),
+    ("compile s", "compile_s", lambda v: f"{v:.1f}"),
+)
+
+
+def format_table(rows, columns=_COLUMNS):
+    """Rows (dicts) as an aligned text table; a column shows only when some row has its key,
+    and a row without the key (or with None) shows '-'."""
+    shown = [col for col in columns if any(row.get(col[1]) is not None for row in rows)]
+    cells = [[header for header, _, _ in shown]]
+    for row in rows:
+        cells.append([fmt(row[key]) if row.get(key) is not None else "-" for _, key, fmt in shown])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(shown))]
+    lines = []
+    for line in cells:
+        first = line[0].ljust(widths[0])
+        rest = [cell.rjust(width) for cell, width in zip(line[1:], widths[1:])]
+        lines.append("  ".join([first] + rest))
+    return "\n".join(lines)
+
+
+def format_report(report):
+    """The whole report as text: environment, one table per case, skipped contenders, notes."""
+    env = report["environment"]
+    lines = [f"op {report['op']} | device {env['device']} ({env['name']}) | threads {env['threads']} | "
+             f"torch {env['torch']} | repeats {report['repeats']} after {report['warmup']} warm-up"]
+    if "load_average" in env:
+        busy = env["load_average"] >= 0.5
+        lines.append(f"load average (1 min) at the start: {env['load_average']:.2f} on {env['cpu_count']} CPUs"
+                     + (" - other processes are running: timings are noisy, OpenMP-parallel code suffers most"
+                        if busy else ""))
+    for case in report["cases"]:
+        copy = case["copy"]
+        lines += ["", f"== {case['title']} | fused-op bytes {_size(case['bytes_moved'])} | "
+                      f"copy {copy['gbps']:.2f} GB/s ({_ms(copy['median_s'])} ms for {_size(copy['bytes'])})",
+                  format_table(case["results"])]
+    for skipped in report.get("skipped", ()):
+        lines.append(f"skipped {skipped['name']}: {skipped['reason']}")
+    if report.get("notes"):
+        lines += [""] + [f"note: {note}" for note in report["notes"]]
+    return "\n".join(lines)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def write_json(report, path):
+    """Write ``report`` to ``path`` (parents created); non-finite floats become null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(report), indent=2) + "\n")
+    return path

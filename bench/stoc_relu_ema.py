@@ -1,0 +1,175 @@
+"""StocReLU-EMA (ANIS^2): the fused op against the same math in eager PyTorch and torch.compile.
+
+Every contender does the same work per iteration: draw fresh normal noise, compute
+``y = relu(x + sqrt(gamma) * sigma[c] * z)`` and update ``sigma`` in place to the EMA of
+the per-channel std of ``x``; forward+backward also computes ``dx`` for a fixed ``dy``.
+"""
+import math
+import time
+
+import torch
+
+import stochnet
+from stochnet.ops.backend import triton_interpreted
+
+from . import harness
+
+OP = "stoc_relu_ema"
+SHAPES = ((128, 64, 32, 32), (4096, 1024))
+QUICK_SHAPES = ((4, 8, 6, 6), (64, 16))
+DTYPE = torch.float32
+GAMMA = 0.25
+MOMENTUM = 0.5
+FUSED_BACKENDS = {"cpu": ("cpp",), "cuda": ("triton", "cuda")}
+MIN_SAMPLE_S = 2e-3
+
+
+def eager_stoc_relu_ema(x, sigma, gamma, momentum):
+    """The op written the usual way in eager PyTorch: what the fused kernel replaces."""
+    channel = (1, -1) + (1,) * (x.dim() - 2)
+    z = torch.randn_like(x)
+    y = torch.relu(x + math.sqrt(gamma) * sigma.view(channel) * z)
+    with torch.no_grad():
+        std = x.std(dim=[d for d in range(x.dim()) if d != 1])
+        sigma.mul_(1 - momentum).add_(momentum * std)
+    return y
+
+
+def fused_stoc_relu_ema(backend):
+    def call(x, sigma, gamma, momentum):
+        return stochnet.functional.stoc_relu_ema(x, sigma, gamma, momentum, training=True, backend=backend)
+    return call
+
+
+def fused_backends(device):
+    """The fused backends that run on ``device`` and a {name: reason} of those skipped."""
+    available, skipped = [], {}
+    for name in FUSED_BACKENDS[device.type]:
+        if name == "triton" and triton_interpreted():
+            skipped[name] = "TRITON_INTERPRET=1: interpreter timings mean nothing"
+            continue
+        x = torch.randn(4, 3, 2, 2, device=device, dtype=DTYPE)
+        try:
+            fused_stoc_relu_ema(name)(x, torch.ones(3, device=device), GAMMA, MOMENTUM)
+        except Exception as error:  # an unbuilt backend is reported and skipped, not fatal
+            skipped[name] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        else:
+            available.append(name)
+    if not available:
+        raise RuntimeError(f"no fused {OP} backend runs on {device}: {skipped}")
+    return available, skipped
+
+
+def _iteration(fn, x, sigma):
+    return lambda: fn(x, sigma, GAMMA, MOMENTUM)
+
+
+def _iteration_with_backward(fn, x, sigma, dy):
+    def step():
+        y = fn(x, sigma, GAMMA, MOMENTUM)
+        torch.autograd.grad(y, x, dy)
+    return step
+
+
+def _check_same_work(functions, x):
+    """Every contender updates sigma alike from the same start: none skips the statistics."""
+    results = {}
+    for name, (_, _, fn) in functions.items():
+        sigma = torch.ones(x.shape[1], device=x.device)
+        y = fn(x, sigma, GAMMA, MOMENTUM)
+        if y.shape != x.shape:
+            raise AssertionError(f"{name} returned shape {tuple(y.shape)} for x of shape {tuple(x.shape)}")
+        results[name] = sigma
+    for name, sigma in results.items():
+        if not torch.allclose(sigma, results["eager"], rtol=1e-4, atol=1e-6):
+            raise AssertionError(f"{name} updates running_sigma differently from eager: not the same work")
+
+
+def _compile_warmup(step):
+    """Run a compiled step until it is compiled; the seconds the first call took."""
+    start = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - start
+    step()
+    return seconds
+
+
+def _bytes(numel, element_size):
+    """Least traffic of the fused op: forward reads x, writes y and the 1-bit mask;
+    backward reads dy and the mask and writes dx."""
+    mask = (numel + 7) // 8
+    forward = 2 * numel * element_size + mask
+    return forward, forward + 2 * numel * element_size + mask
+
+
+def _bench_shape(shape, functions, device, repeats, warmup, min_sample_s):
+    x = torch.randn(shape, device=device, dtype=DTYPE)
+    x_grad = x.clone().requires_grad_()
+    dy = torch.randn_like(x)  # allocated once: a fresh 33.5 MB buffer page-faults on CPU
+    forward_bytes, backward_bytes = _bytes(x.numel(), x.element_size())
+
+    forward, with_backward = [], []
+    for name, (kind, backend, fn) in functions.items():
+        sigma = torch.ones(shape[1], device=device)
+        step = _iteration(fn, x, sigma)
+        step_backward = _iteration_with_backward(fn, x_grad, sigma, dy)
+        extra = {"backend": backend} if backend else {}
+        extra_backward = dict(extra)
+        if kind == "compiled":
+            extra["compile_s"] = _compile_warmup(step)
+            extra_backward["compile_s"] = _compile_warmup(step_backward)
+        extra_backward["saved_bytes"] = harness.saved_tensor_bytes(_iteration(fn, x_grad, sigma))
+        peak = harness.peak_memory_bytes(step_backward, device)
+        if peak is not None:
+            extra_backward["peak_bytes"] = peak
+        forward.append(harness.Contender(name, kind, step, extra))
+        with_backward.append(harness.Contender(name, kind, step_backward, extra_backward))
+    _check_same_work(functions, x)
+
+    cases = []
+    dtype = str(DTYPE).replace("torch.", "")
+    for label, contenders, nbytes in (("forward", forward, forward_bytes),
+                                      ("forward+backward", with_backward, backward_bytes)):
+        result = harness.compare(contenders, device, nbytes=nbytes, copy_numel=x.numel(), copy_dtype=DTYPE,
+                                 repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
+        cases.append({"title": f"{OP} {tuple(shape)} {dtype} {label}", "shape": list(shape), "dtype": dtype,
+                      "numel": x.numel(), "element_size": x.element_size(), "pass": label, **result})
+    return cases
+
+
+def notes(device):
+    lines = [
+        "times: median over round-robin samples after warm-up; min and IQR beside it; "
+        "torch.compile's compilation is excluded from timing and shown as compile s",
+        "eager/this and compiled/this: that contender's median over this row's (above 1: this row is faster)",
+        "GB/s counts the fused op's least traffic for every row: forward reads x, writes y and a "
+        "numel/8-byte mask; forward+backward adds read dy, read mask, write dx",
+        "% copy: GB/s over dst.copy_(src) of a same-size tensor into already-touched memory "
+        "(read+write bytes), timed in the same round-robin",
+        "saved: distinct storages autograd keeps for backward (saved_tensors_hooks)",
+    ]
+    if device.type == "cpu":
+        lines.append("CPU: a fresh allocation of 32 MB or more page-faults on first touch (DESIGN.md); "
+                     "every contender allocates its outputs (y; dx with backward) per call, as training "
+                     "does; dy is allocated once outside the timed region; absolute CPU times are "
+                     "indicative, compare ratios")
+    else:
+        lines.append("peak: CUDA max_memory_allocated above the starting level during one forward+backward")
+    return lines
+
+
+def run(device, repeats, warmup, quick=False, min_sample_s=MIN_SAMPLE_S):
+    """Benchmark every contender on every shape; the report :func:`harness.format_report` prints."""
+    environment = harness.environment(device)
+    backends, skipped = fused_backends(device)
+    functions = {f"fused[{name}]": ("fused", name, fused_stoc_relu_ema(name)) for name in backends}
+    functions["eager"] = ("eager", None, eager_stoc_relu_ema)
+    # dynamic=False: each shape gets its own static-shape kernel, as a user's model would
+    functions["compiled"] = ("compiled", None, torch.compile(eager_stoc_relu_ema, dynamic=False))
+    cases = []
+    for shape in QUICK_SHAPES if quick else SHAPES:
+        cases += _bench_shape(shape, functions, device, repeats, warmup, min_sample_s)
+    return {"op": OP, "environment": environment, "repeats": repeats, "warmup": warmup,
+            "quick": quick, "gamma": GAMMA, "momentum": MOMENTUM,
+            "skipped": [{"name": f"fused[{name}]", "reason": reason} for name, reason in skipped.items()],
+            "notes": notes(device), "cases": cases}

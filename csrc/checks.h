@@ -1,0 +1,55 @@
+// Argument checks shared by the CPU and CUDA implementations: every op validates its
+// inputs here, before any kernel runs, so bad input is a clear error and never a crash.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace stochnet {
+
+// The layouts the kernels read in place.
+enum class Layout {
+  kPlanar,  // (N, C, inner...) contiguous: each (n, c) plane is one contiguous run
+  kRows,    // (rows, C) with C fastest: channels-last 4-D, or 2-D (N, C)
+};
+
+inline Layout layout_of(const at::Tensor& x) {
+  if (x.dim() == 2) return Layout::kRows;
+  if (x.is_contiguous()) return Layout::kPlanar;
+  return Layout::kRows;  // checked to be channels-last by check_dense
+}
+
+inline void check_dense(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.is_contiguous() || (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)),
+              name, " must be contiguous or channels-last (4-D)");
+}
+
+inline void check_stoc_relu_ema_args(const at::Tensor& x, const at::Tensor& running_sigma, double gamma,
+                                     double momentum, bool training) {
+  TORCH_CHECK(x.dim() >= 2, "x must have shape (N, C) or (N, C, *), got ", x.sizes());
+  TORCH_CHECK(x.numel() > 0, "x must not be empty, got shape ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "x must be a floating tensor, got ", x.scalar_type());
+  check_dense(x, "x");
+  TORCH_CHECK(running_sigma.device() == x.device(), "running_sigma is on ", running_sigma.device(),
+              " but x is on ", x.device());
+  TORCH_CHECK(running_sigma.dim() == 1 && running_sigma.size(0) == x.size(1),
+              "running_sigma must have shape (", x.size(1), ",), got ", running_sigma.sizes());
+  TORCH_CHECK(running_sigma.scalar_type() == at::kFloat || running_sigma.scalar_type() == x.scalar_type(),
+              "running_sigma must be float32 or x's dtype, got ", running_sigma.scalar_type());
+  TORCH_CHECK(running_sigma.is_contiguous(), "running_sigma must be contiguous");
+  TORCH_CHECK(gamma >= 0, "gamma must be >= 0, got ", gamma);
+  TORCH_CHECK(momentum >= 0 && momentum <= 1, "momentum must be in [0, 1], got ", momentum);
+  TORCH_CHECK(!training || x.numel() / x.size(1) > 1,
+              "x must have more than one value per channel in training, got shape ", x.sizes());
+}
+
+inline void check_mask_backward_args(const at::Tensor& grad, const at::Tensor& mask) {
+  TORCH_CHECK(grad.numel() > 0, "grad must not be empty");
+  check_dense(grad, "grad");
+  TORCH_CHECK(mask.scalar_type() == at::kByte, "mask must be uint8, got ", mask.scalar_type());
+  TORCH_CHECK(mask.device() == grad.device(), "mask is on ", mask.device(), " but grad is on ", grad.device());
+  TORCH_CHECK(mask.is_contiguous() && mask.numel() == (grad.numel() + 7) / 8,
+              "mask must be a contiguous uint8 tensor of ", (grad.numel() + 7) / 8, " bytes, got ",
+              mask.numel());
+}
+
+}  // namespace stochnet

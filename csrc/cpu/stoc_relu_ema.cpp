@@ -1,0 +1,324 @@
+// StocReLU-EMA on the CPU: one pass over x writes y, the packed 1-bit mask and (in
+// training) per-channel shifted sums; then the EMA update of running_sigma.
+//
+// Work is split into blocks of kBlock elements aligned in memory order, so a block's
+// normals come from one normal_block() call and its mask bytes belong to one thread.
+// Statistics are sums of d = x - K_c, K_c the first value of channel c (numerically sound
+// while K_c lies within a few std of the mean), in x's precision over at most one block
+// (planar) or kFlushBlocks blocks (rows), and in double beyond.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/normal_block.h"
+
+namespace stochnet::cpu {
+namespace {
+
+constexpr int64_t kFlushBlocks = 64;
+
+template <typename scalar_t>
+struct ForwardArgs {
+  const scalar_t* x;
+  scalar_t* y;
+  uint8_t* mask;
+  int64_t numel, channels, inner;
+  // Per channel: sqrt(gamma) * sigma_c and K_c, repeated to channels + kLanes entries so
+  // that a vector starting at any column reads them contiguously.
+  const scalar_t* scale;
+  const scalar_t* shift;
+  uint64_t seed, offset;
+};
+
+// Per-thread accumulators: tiled sums in x's precision (folded to channels on flush) and
+// double totals per channel.
+template <typename scalar_t>
+struct ChannelSums {
+  std::vector<scalar_t> sum, sum_sq;  // channels + kLanes
+  double* total;                      // 2 * channels: sum, sum of squares
+
+  void flush(int64_t channels) {
+    for (size_t i = 0; i < sum.size(); ++i) {
+      total[2 * (i % channels)] += sum[i];
+      total[2 * (i % channels) + 1] += sum_sq[i];
+      sum[i] = sum_sq[i] = scalar_t(0);
+    }
+  }
+};
+
+// One element: y, mask bit and shifted sums at column `col` of the tables.
+template <typename scalar_t, bool kTraining>
+inline void scalar_step(const scalar_t x, scalar_t& y, float z, scalar_t scale, scalar_t shift, uint8_t* bits,
+                        int bit, scalar_t& sum, scalar_t& sum_sq) {
+  const scalar_t v = x + scale * static_cast<scalar_t>(z);
+  y = v <= scalar_t(0) ? scalar_t(0) : v;  // NaN propagates
+  if (v > scalar_t(0)) bits[bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
+  if constexpr (kTraining) {
+    const scalar_t d = x - shift;
+    sum += d;
+    sum_sq += d * d;
+  }
+}
+
+// kLanes elements at a lane-aligned position `bit` of the block.
+template <bool kTraining>
+inline void vector_step(const float* x, float* y, const float* z, const VecF& scale, const VecF& shift,
+                        uint8_t* bits, int bit, VecF& sum, VecF& sum_sq) {
+  const VecF zero(0.0f);
+  const VecF xv = VecF::loadu(x);
+  const VecF v = xv + scale * VecF::loadu(z);
+  VecF::blendv(v, zero, v <= zero).store(y);
+  const uint32_t lanes = movemask(v > zero);
+  std::memcpy(bits + bit / 8, &lanes, kLanes / 8);
+  if constexpr (kTraining) {
+    const VecF d = xv - shift;
+    sum = sum + d;
+    sum_sq = at::vec::fmadd(d, d, sum_sq);
+  }
+}
+
+// Elements [start, start + n) of one (n, c) plane, at position `bit` of their block.
+template <typename scalar_t, bool kTraining>
+void planar_run(const ForwardArgs<scalar_t>& a, int64_t start, int64_t n, int64_t channel, const float* z,
+                int bit, uint8_t* bits, ChannelSums<scalar_t>& sums) {
+  const scalar_t* x = a.x + start;
+  scalar_t* y = a.y + start;
+  const scalar_t scale = a.scale[channel], shift = a.shift[channel];
+  scalar_t sum = 0, sum_sq = 0;
+  int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    for (; i < n && (bit + i) % kLanes != 0; ++i)
+      scalar_step<float, kTraining>(x[i], y[i], z[i], scale, shift, bits, bit + i, sum, sum_sq);
+    VecF vsum(0.0f), vsum_sq(0.0f);
+    for (; i + kLanes <= n; i += kLanes)
+      vector_step<kTraining>(x + i, y + i, z + i, VecF(scale), VecF(shift), bits, bit + i, vsum, vsum_sq);
+    if constexpr (kTraining) {
+      sum += at::vec::vec_reduce_all<float>(std::plus<VecF>(), vsum);
+      sum_sq += at::vec::vec_reduce_all<float>(std::plus<VecF>(), vsum_sq);
+    }
+  }
+  for (; i < n; ++i) scalar_step<scalar_t, kTraining>(x[i], y[i], z[i], scale, shift, bits, bit + i, sum, sum_sq);
+  if constexpr (kTraining) {
+    sums.total[2 * channel] += sum;
+    sums.total[2 * channel + 1] += sum_sq;
+  }
+}
+
+// Elements [start, start + n) of the rows layout (channel = position mod channels).
+template <typename scalar_t, bool kTraining>
+void rows_run(const ForwardArgs<scalar_t>& a, int64_t start, int64_t n, const float* z, int bit, uint8_t* bits,
+              ChannelSums<scalar_t>& sums) {
+  const scalar_t* x = a.x + start;
+  scalar_t* y = a.y + start;
+  const int64_t channels = a.channels;
+  int64_t col = start % channels;
+  scalar_t* sum = sums.sum.data();
+  scalar_t* sum_sq = sums.sum_sq.data();
+  int64_t i = 0;
+  auto scalar = [&](int64_t k) {
+    scalar_step<scalar_t, kTraining>(x[k], y[k], z[k], a.scale[col], a.shift[col], bits, bit + k, sum[col],
+                                     sum_sq[col]);
+    col = col + 1 == channels ? 0 : col + 1;
+  };
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    for (; i < n && (bit + i) % kLanes != 0; ++i) scalar(i);
+    for (; i + kLanes <= n; i += kLanes) {
+      VecF vsum = VecF::loadu(sum + col), vsum_sq = VecF::loadu(sum_sq + col);
+      vector_step<kTraining>(x + i, y + i, z + i, VecF::loadu(a.scale + col), VecF::loadu(a.shift + col), bits,
+                             bit + i, vsum, vsum_sq);
+      if constexpr (kTraining) {
+        vsum.store(sum + col);
+        vsum_sq.store(sum_sq + col);
+      }
+      col += kLanes;
+      if (col >= channels) col %= channels;
+    }
+  }
+  for (; i < n; ++i) scalar(i);
+}
+
+// Blocks [first, last) of the tensor, on one thread.
+template <typename scalar_t, bool kTraining>
+void forward_blocks(const ForwardArgs<scalar_t>& a, Layout layout, int64_t first, int64_t last,
+                    ChannelSums<scalar_t>& sums) {
+  alignas(64) float z[kBlock];
+  uint8_t bits[kBlock / 8];
+  for (int64_t block = first; block < last; ++block) {
+    const int64_t begin = block * kBlock, end = std::min(begin + kBlock, a.numel);
+    normal_block(a.seed, a.offset + static_cast<uint64_t>(begin / 4), z);
+    std::memset(bits, 0, sizeof(bits));
+    if (layout == Layout::kRows) {
+      rows_run<scalar_t, kTraining>(a, begin, end - begin, z, 0, bits, sums);
+      if (kTraining && (block - first + 1) % kFlushBlocks == 0) sums.flush(a.channels);
+    } else {
+      for (int64_t e = begin; e < end;) {
+        const int64_t plane = e / a.inner;
+        const int64_t run_end = std::min((plane + 1) * a.inner, end);
+        planar_run<scalar_t, kTraining>(a, e, run_end - e, plane % a.channels, z + (e - begin),
+                                        static_cast<int>(e - begin), bits, sums);
+        e = run_end;
+      }
+    }
+    std::memcpy(a.mask + begin / 8, bits, static_cast<size_t>((end - begin + 7) / 8));
+  }
+  if (kTraining && layout == Layout::kRows) sums.flush(a.channels);
+}
+
+// Repeats per-channel values to channels + kLanes entries (see ForwardArgs).
+template <typename scalar_t>
+std::vector<scalar_t> tiled(const std::vector<scalar_t>& values) {
+  std::vector<scalar_t> out(values.size() + kLanes);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = values[i % values.size()];
+  return out;
+}
+
+template <typename scalar_t>
+void forward(const at::Tensor& x, at::Tensor& running_sigma, double gamma, double momentum, bool training,
+             uint64_t seed, uint64_t offset, at::Tensor& y, at::Tensor& mask) {
+  const Layout layout = layout_of(x);
+  const int64_t channels = x.size(1), numel = x.numel();
+  const int64_t inner = layout == Layout::kRows ? 1 : numel / (x.size(0) * channels);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+
+  const at::Tensor sigma = running_sigma.to(at::kDouble).contiguous();
+  const double* sigma_p = sigma.const_data_ptr<double>();
+  // The reference rounds sqrt(gamma) and sigma to the compute precision before multiplying.
+  const scalar_t root_gamma = static_cast<scalar_t>(std::sqrt(gamma));
+  std::vector<scalar_t> scale(channels), shift(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    scale[c] = root_gamma * static_cast<scalar_t>(sigma_p[c]);
+    shift[c] = xp[layout == Layout::kRows ? c : c * inner];
+  }
+  const std::vector<scalar_t> scale_tiled = tiled(scale), shift_tiled = tiled(shift);
+  const ForwardArgs<scalar_t> args{xp, y.mutable_data_ptr<scalar_t>(), mask.mutable_data_ptr<uint8_t>(), numel,
+                                   channels, inner, scale_tiled.data(), shift_tiled.data(), seed, offset};
+
+  const int threads = at::get_num_threads();
+  std::vector<double> totals(training ? static_cast<size_t>(threads) * 2 * channels : 0, 0.0);
+  const int64_t blocks = (numel + kBlock - 1) / kBlock;
+  at::parallel_for(0, blocks, 64, [&](int64_t first, int64_t last) {
+    ChannelSums<scalar_t> sums;
+    if (training) {
+      sums.sum.assign(channels + kLanes, scalar_t(0));
+      sums.sum_sq.assign(channels + kLanes, scalar_t(0));
+      sums.total = totals.data() + static_cast<size_t>(at::get_thread_num()) * 2 * channels;
+      forward_blocks<scalar_t, true>(args, layout, first, last, sums);
+    } else {
+      forward_blocks<scalar_t, false>(args, layout, first, last, sums);
+    }
+  });
+  if (!training) return;
+
+  const double count = static_cast<double>(numel / channels);
+  at::Tensor updated = at::empty({channels}, sigma.options());
+  double* out = updated.mutable_data_ptr<double>();
+  for (int64_t c = 0; c < channels; ++c) {
+    double sum = 0, sum_sq = 0;
+    for (int t = 0; t < threads; ++t) {
+      sum += totals[static_cast<size_t>(t) * 2 * channels + 2 * c];
+      sum_sq += totals[static_cast<size_t>(t) * 2 * channels + 2 * c + 1];
+    }
+    const double var = (sum_sq - sum * sum / count) / (count - 1);
+    const double std = std::sqrt(var > 0 ? var : (var == var ? 0.0 : var));  // keep NaN
+    out[c] = (1 - momentum) * sigma_p[c] + momentum * std;
+  }
+  running_sigma.copy_(updated);
+}
+
+std::tuple<at::Tensor, at::Tensor> stoc_relu_ema_fwd(const at::Tensor& x, at::Tensor running_sigma, double gamma,
+                                                     double momentum, bool training, int64_t seed, int64_t offset) {
+  check_stoc_relu_ema_args(x, running_sigma, gamma, momentum, training);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "x must be float32 or float64 on CPU, got ", x.scalar_type());
+  at::Tensor y = at::empty_like(x);
+  at::Tensor mask = at::empty({(x.numel() + 7) / 8}, x.options().dtype(at::kByte));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stoc_relu_ema_fwd", [&] {
+    forward<scalar_t>(x, running_sigma, gamma, momentum, training, static_cast<uint64_t>(seed),
+                      static_cast<uint64_t>(offset), y, mask);
+  });
+  return {y, mask};
+}
+
+template <typename scalar_t>
+void mask_backward(const scalar_t* grad, const uint8_t* mask, scalar_t* out, int64_t numel) {
+  at::parallel_for(0, (numel + kBlock - 1) / kBlock, 256, [&](int64_t first, int64_t last) {
+    int64_t i = first * kBlock;
+    const int64_t end = std::min(last * kBlock, numel);
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      for (; i + kLanes <= end; i += kLanes) {
+        uint32_t bits = 0;
+        std::memcpy(&bits, mask + i / 8, kLanes / 8);
+        select_lanes(bits, VecF::loadu(grad + i)).store(out + i);
+      }
+    }
+    for (; i < end; ++i) out[i] = ((mask[i / 8] >> (i % 8)) & 1) ? grad[i] : scalar_t(0);
+  });
+}
+
+at::Tensor relu_mask_backward(const at::Tensor& grad, const at::Tensor& mask) {
+  check_mask_backward_args(grad, mask);
+  TORCH_CHECK(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble,
+              "grad must be float32 or float64 on CPU, got ", grad.scalar_type());
+  at::Tensor out = at::empty_like(grad);
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "relu_mask_backward", [&] {
+    mask_backward<scalar_t>(grad.const_data_ptr<scalar_t>(), mask.const_data_ptr<uint8_t>(),
+                            out.mutable_data_ptr<scalar_t>(), grad.numel());
+  });
+  return out;
+}
+
+// out[i] = element i of the stream (seed, offset), one block per step.
+template <typename T, typename Fill>
+void fill_stream(at::Tensor& out, at::ScalarType dtype, const char* name, Fill fill) {
+  TORCH_CHECK(out.scalar_type() == dtype && out.is_contiguous(), "out must be a contiguous ", dtype,
+              " tensor for ", name, ", got ", out.scalar_type());
+  T* o = out.mutable_data_ptr<T>();
+  const int64_t numel = out.numel();
+  at::parallel_for(0, (numel + kBlock - 1) / kBlock, 64, [&](int64_t first, int64_t last) {
+    alignas(64) T block_values[kBlock];
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t begin = block * kBlock;
+      fill(begin / 4, block_values);
+      std::memcpy(o + begin, block_values, sizeof(T) * std::min<int64_t>(kBlock, numel - begin));
+    }
+  });
+}
+
+void philox_words_out(int64_t seed, int64_t offset, at::Tensor out) {
+  fill_stream<int32_t>(out, at::kInt, "philox_words_out", [&](int64_t counter, int32_t* values) {
+    word_block<false>(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + counter, values);
+  });
+}
+
+void philox_uniform_out(int64_t seed, int64_t offset, at::Tensor out) {
+  fill_stream<float>(out, at::kFloat, "philox_uniform_out", [&](int64_t counter, float* values) {
+    word_block<true>(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + counter, values);
+  });
+}
+
+void philox_normal_out(int64_t seed, int64_t offset, at::Tensor out) {
+  fill_stream<float>(out, at::kFloat, "philox_normal_out", [&](int64_t counter, float* values) {
+    normal_block(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + counter, values);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(stochnet, CPU, m) {
+  m.impl("stoc_relu_ema_fwd", &stoc_relu_ema_fwd);
+  m.impl("relu_mask_backward", &relu_mask_backward);
+  m.impl("philox_words_out", &philox_words_out);
+  m.impl("philox_uniform_out", &philox_uniform_out);
+  m.impl("philox_normal_out", &philox_normal_out);
+}
+
+}  // namespace stochnet::cpu

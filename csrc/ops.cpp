@@ -1,0 +1,41 @@
+// The schemas of the kernel-level ops; CPU and CUDA implementations register beside
+// their kernels (csrc/cpu, csrc/cuda). Python adds fake implementations and autograd.
+#include <torch/library.h>
+#include <Python.h>
+
+TORCH_LIBRARY(stochnet, m) {
+  // Word i of the stream (seed, offset) into out[i] (int32), see philox.h.
+  m.def("philox_words_out(int seed, int offset, Tensor(a!) out) -> ()");
+  // Uniform i of the stream into out[i] (float32).
+  m.def("philox_uniform_out(int seed, int offset, Tensor(a!) out) -> ()");
+  // Normal i of the stream into out[i] (float32).
+  m.def("philox_normal_out(int seed, int offset, Tensor(a!) out) -> ()");
+  // StocReLU-EMA forward on a dense x: (y laid out like x, packed 1-bit mask).
+  m.def("stoc_relu_ema_fwd(Tensor x, Tensor(a!) running_sigma, float gamma, float momentum, "
+        "bool training, int seed, int offset) -> (Tensor, Tensor)");
+  // grad * mask, the packed 1-bit mask in grad's memory order.
+  m.def("relu_mask_backward(Tensor grad, Tensor mask) -> Tensor");
+}
+
+namespace {
+
+PyObject* cpu_capability(PyObject*, PyObject*) { return PyUnicode_FromString(STOCHNET_CPU_CAPABILITY); }
+
+PyObject* has_cuda(PyObject*, PyObject*) {
+#ifdef STOCHNET_WITH_CUDA
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+PyMethodDef methods[] = {
+    {"cpu_capability", cpu_capability, METH_NOARGS, "The CPU vector ISA the C++ kernels were built for."},
+    {"has_cuda", has_cuda, METH_NOARGS, "Whether the CUDA kernels were built."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module); }

@@ -1,0 +1,9 @@
+"""stochnet: fused kernels for stochastic adversarial defenses in PyTorch."""
+import torch  # noqa: F401  (loads libc10 and libtorch before the extension)
+
+from . import ops  # noqa: F401  (loads the extension and registers the ops)
+from . import functional, nn
+from .ops import BACKENDS, get_backend, set_backend, use_backend
+
+__version__ = "0.1.0"
+__all__ = ["functional", "nn", "ops", "BACKENDS", "get_backend", "set_backend", "use_backend"]

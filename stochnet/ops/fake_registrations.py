@@ -1,0 +1,27 @@
+"""Fake (meta) implementations of the C++ kernel ops, so they trace under torch.compile."""
+import torch
+
+
+@torch.library.register_fake("stochnet::stoc_relu_ema_fwd")
+def _(x, running_sigma, gamma, momentum, training, seed, offset):
+    return torch.empty_like(x), x.new_empty(((x.numel() + 7) // 8,), dtype=torch.uint8)
+
+
+@torch.library.register_fake("stochnet::relu_mask_backward")
+def _(grad, mask):
+    return torch.empty_like(grad)
+
+
+@torch.library.register_fake("stochnet::philox_words_out")
+def _(seed, offset, out):
+    return None
+
+
+@torch.library.register_fake("stochnet::philox_uniform_out")
+def _(seed, offset, out):
+    return None
+
+
+@torch.library.register_fake("stochnet::philox_normal_out")
+def _(seed, offset, out):
+    return None

@@ -1,0 +1,124 @@
+"""Smoke test of ``python -m bench``: the quick run completes in-process and its JSON holds
+every field the benchmark promises, with positive finite numbers."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is a top-level directory of the repository, not installed
+    sys.path.insert(0, str(ROOT))
+
+from bench import harness  # noqa: E402
+from bench.__main__ import main  # noqa: E402
+
+CONTENDERS = {"fused[cpp]", "eager", "compiled"}
+TIMING_FIELDS = ("median_s", "min_s", "q1_s", "q3_s", "gbps", "fraction_of_copy",
+                 "eager_over_this", "compiled_over_this")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "stoc_relu_ema.json"
+    report, written = main(["--op", "stoc_relu_ema", "--device", "cpu", "--quick", "--json", str(path)])
+    assert Path(written) == path
+    return report, json.loads(path.read_text())
+
+
+def positive_finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_json_is_the_printed_report(quick_run):
+    report, stored = quick_run
+    assert stored == json.loads(json.dumps(report))
+
+
+def test_environment_names_device_and_threads(quick_run):
+    _, stored = quick_run
+    assert stored["op"] == "stoc_relu_ema"
+    assert stored["quick"] is True
+    env = stored["environment"]
+    assert env["device"] == "cpu"
+    assert env["threads"] == torch.get_num_threads() >= 1
+    assert env["name"]
+
+
+def test_every_shape_has_forward_and_backward_cases(quick_run):
+    _, stored = quick_run
+    passes = [(tuple(case["shape"]), case["pass"]) for case in stored["cases"]]
+    shapes = sorted({shape for shape, _ in passes})
+    assert len(shapes) == 2 and {len(shape) for shape in shapes} == {2, 4}
+    assert sorted(passes) == sorted((shape, p) for shape in shapes for p in ("forward", "forward+backward"))
+
+
+def test_bytes_moved_follow_the_fused_op_traffic(quick_run):
+    _, stored = quick_run
+    for case in stored["cases"]:
+        numel, size = case["numel"], case["element_size"]
+        assert numel == math.prod(case["shape"]) and size == 4
+        mask = (numel + 7) // 8
+        forward = 2 * numel * size + mask
+        expected = forward if case["pass"] == "forward" else forward + 2 * numel * size + mask
+        assert case["bytes_moved"] == expected
+        assert case["copy"]["bytes"] == 2 * numel * size
+        assert positive_finite(case["copy"]["gbps"])
+        assert positive_finite(case["copy"]["median_s"])
+
+
+def test_rows_have_positive_finite_timings_and_ratios(quick_run):
+    _, stored = quick_run
+    for case in stored["cases"]:
+        rows = {row["name"]: row for row in case["results"]}
+        assert set(rows) == CONTENDERS
+        for name, row in rows.items():
+            for field in TIMING_FIELDS:
+                assert positive_finite(row[field]), (case["title"], name, field, row.get(field))
+            assert row["min_s"] <= row["median_s"]
+            assert row["q1_s"] <= row["median_s"] <= row["q3_s"]
+            assert row["iqr_s"] >= 0 and row["repeats"] == stored["repeats"]
+            assert row["gbps"] == pytest.approx(case["bytes_moved"] / row["median_s"] / 1e9)
+            assert row["fraction_of_copy"] == pytest.approx(row["gbps"] / case["copy"]["gbps"])
+            assert row["eager_over_this"] == pytest.approx(rows["eager"]["median_s"] / row["median_s"])
+        assert rows["eager"]["eager_over_this"] == pytest.approx(1.0)
+        assert rows["fused[cpp]"]["backend"] == "cpp"
+        assert positive_finite(rows["compiled"]["compile_s"])
+
+
+def test_saved_bytes_fused_keeps_only_the_bit_mask(quick_run):
+    _, stored = quick_run
+    backward = [case for case in stored["cases"] if case["pass"] == "forward+backward"]
+    assert backward
+    for case in backward:
+        rows = {row["name"]: row for row in case["results"]}
+        assert rows["fused[cpp]"]["saved_bytes"] == (case["numel"] + 7) // 8
+        assert rows["eager"]["saved_bytes"] == case["numel"] * case["element_size"]  # relu keeps y
+        assert positive_finite(rows["compiled"]["saved_bytes"])
+    for case in stored["cases"]:
+        if case["pass"] == "forward":
+            assert all("saved_bytes" not in row for row in case["results"])
+
+
+def test_table_prints_every_case(quick_run):
+    report, _ = quick_run
+    text = harness.format_report(report)
+    assert text.count("\n== ") == len(report["cases"])
+    for name in CONTENDERS:
+        assert name in text
+
+
+def test_saved_tensor_bytes_counts_distinct_storages():
+    x = torch.randn(10, 7, requires_grad=True)
+    assert harness.saved_tensor_bytes(lambda: torch.relu(x)) == 10 * 7 * 4
+    assert harness.saved_tensor_bytes(lambda: x * x) == 10 * 7 * 4  # x saved twice, one storage
+    assert harness.saved_tensor_bytes(lambda: x + 1) == 0
+
+
+def test_timing_quartiles():
+    timing = harness.Timing((4.0, 1.0, 3.0, 2.0, 5.0), inner=1)
+    stats = timing.to_dict()
+    assert (stats["median_s"], stats["min_s"], stats["q1_s"], stats["q3_s"]) == (3.0, 1.0, 2.0, 4.0)
+    assert harness.Timing((2.0,), inner=3).to_dict()["iqr_s"] == 0.0
