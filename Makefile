@@ -9,14 +9,14 @@ export MAX_JOBS ?= 2
 
 .PHONY: run test bench setup clean
 
-run: setup
-	$(PY) -m bench
+run: bench
 
 test: setup
 	$(PY) -m pytest
 
 bench: setup
 	$(PY) -m bench
+	$(PY) -m bench --huge-pages
 
 setup: $(VENV)/.built
 

@@ -12,7 +12,13 @@ import site
 
 import torch
 from setuptools import setup
-from torch.utils import cpp_extension
+
+# torch derives the toolkit from `nvcc` on PATH; a wrapper script in /usr/local/bin would make
+# it /usr/local. Prefer the conventional toolkit directory when the user has not chosen one.
+if "CUDA_HOME" not in os.environ and os.path.isdir("/usr/local/cuda/include"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME at import)
 
 CPU_FLAGS = {
     "DEFAULT": [],

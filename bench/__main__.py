@@ -1,10 +1,12 @@
-"""``python -m bench [--op stoc_relu_ema] [--device cpu|cuda] [--repeats N] [--quick] [--json PATH]``
+"""``python -m bench [--op stoc_relu_ema] [--device cpu|cuda] [--repeats N] [--quick] [--huge-pages] [--json PATH]``
 
 Prints one table per (shape, pass) and writes the report as JSON
-(default ``bench/results/<op>-<device>.json``).
+(default ``bench/results/<op>-<device>[-hugepages].json``).
 """
 import argparse
 import importlib
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -26,6 +28,9 @@ def parse_args(argv=None):
                         help="untimed calls per contender before timing (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes and few repeats: a smoke test, not a measurement")
+    parser.add_argument("--huge-pages", action="store_true",
+                        help=f"CPU: run with {harness.THP_VARIABLE}=1, torch's switch that backs large "
+                             "allocations with transparent huge pages (fewer page faults on fresh outputs)")
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the report (default bench/results/<op>-<device>.json)")
     args = parser.parse_args(argv)
@@ -41,6 +46,10 @@ def parse_args(argv=None):
 def main(argv=None):
     """Run the benchmark, print its tables, write its JSON; returns (report, json path)."""
     args = parse_args(argv)
+    if args.huge_pages and os.environ.get(harness.THP_VARIABLE) != "1":
+        # torch reads the switch once, at its first allocation: start afresh with it set.
+        os.execve(sys.executable, [sys.executable, "-m", "bench", *(sys.argv[1:] if argv is None else argv)],
+                  {**os.environ, harness.THP_VARIABLE: "1"})
     if args.device == "cuda" or (args.device is None and torch.cuda.is_available()):
         device = torch.device("cuda", torch.cuda.current_device())
     else:
@@ -50,7 +59,7 @@ def main(argv=None):
     benchmark = importlib.import_module(OPS[args.op])
     report = benchmark.run(device, repeats=repeats, warmup=warmup, quick=args.quick)
     print(harness.format_report(report), flush=True)
-    path = harness.write_json(report, args.json or RESULTS / f"{args.op}-{device.type}.json")
+    path = harness.write_json(report, args.json or RESULTS / f"{args.op}-{device.type}{'-hugepages' if args.huge_pages else ''}.json")
     print(f"wrote {path}")
     return report, path
 

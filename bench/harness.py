@@ -177,6 +177,11 @@ def compare(contenders, device, *, nbytes, copy_numel, copy_dtype, repeats, warm
             "results": rows}
 
 
+# PyTorch's switch to back large CPU allocations with transparent huge pages: a fresh 33.5 MB
+# output then takes ~17 page faults instead of ~8200. Read once, at the first allocation.
+THP_VARIABLE = "THP_MEM_ALLOC_ENABLE"
+
+
 def _cpu_name():
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -198,6 +203,7 @@ def environment(device):
         info["name"] = _cpu_name()
         info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         info["cpu_count"] = os.cpu_count()
+        info["huge_page_allocations"] = os.environ.get(THP_VARIABLE) == "1"
         if hasattr(os, "getloadavg"):
             info["load_average"] = os.getloadavg()[0]
     return info
@@ -250,6 +256,8 @@ def format_report(report):
     env = report["environment"]
     lines = [f"op {report['op']} | device {env['device']} ({env['name']}) | threads {env['threads']} | "
              f"torch {env['torch']} | repeats {report['repeats']} after {report['warmup']} warm-up"]
+    if "huge_page_allocations" in env:
+        lines.append(f"CPU allocations: {'transparent huge pages (' + THP_VARIABLE + '=1)' if env['huge_page_allocations'] else 'glibc default (4 KiB pages)'}")
     if "load_average" in env:
         busy = env["load_average"] >= 0.5
         lines.append(f"load average (1 min) at the start: {env['load_average']:.2f} on {env['cpu_count']} CPUs"

@@ -2,18 +2,13 @@
 every field the benchmark promises, with positive finite numbers."""
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # bench/ is a top-level directory of the repository, not installed
-    sys.path.insert(0, str(ROOT))
-
-from bench import harness  # noqa: E402
-from bench.__main__ import main  # noqa: E402
+from bench import harness
+from bench.__main__ import main
 
 CONTENDERS = {"fused[cpp]", "eager", "compiled"}
 TIMING_FIELDS = ("median_s", "min_s", "q1_s", "q3_s", "gbps", "fraction_of_copy",

@@ -78,6 +78,21 @@ def test_gradient_matches_reference(backend, shape, layout):
     torch.testing.assert_close(x.grad, x_ref.grad)
 
 
+@pytest.mark.parametrize("shape,layout", [((16, 64, 48, 48), "contiguous"), ((2304, 1040), "contiguous")],
+                         ids=["planar", "rows"])
+def test_large_outputs_take_the_streaming_store_path(shape, layout):
+    x, sigma = make_input(shape, layout)  # >= 8 MB: y and dx are written with non-temporal stores
+    x.requires_grad_()
+    sigma_ref = sigma.clone()
+    grad = torch.randn_like(x)
+    y = run(BACKENDS[0], x, sigma)
+    y_ref, flags = ops.reference(x.detach(), sigma_ref, 0.7, 0.3, True, *PHILOX.tolist())
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sigma, sigma_ref, rtol=1e-5, atol=0)
+    (grad_x,) = torch.autograd.grad(y, x, grad)
+    assert torch.equal(grad_x, grad * flags)
+
+
 def test_backends_agree_element_by_element():
     if len(BACKENDS) < 2:
         pytest.skip("one backend on this machine")
@@ -243,3 +258,14 @@ class TestModule:
             stochnet.nn.StocReLUEMA(3, gamma=-1)
         with pytest.raises(ValueError, match="momentum"):
             stochnet.nn.StocReLUEMA(3, momentum=2)
+
+
+def test_global_backend_choice():
+    x, sigma = make_input((2, 3, 4, 4), "contiguous")
+    expected = run("torch", x, sigma.clone())
+    with stochnet.use_backend("torch"):
+        assert stochnet.get_backend() == "torch"
+        assert torch.equal(run(None, x, sigma.clone()), expected)
+    assert stochnet.get_backend() is None
+    with pytest.raises(ValueError, match="name must be one of"):
+        stochnet.set_backend("numpy")

@@ -46,6 +46,8 @@ inline uint32_t movemask(const VecF& flags) {
   return _mm512_movepi32_mask(_mm512_castps_si512(flags));
 }
 inline VecF select_lanes(uint32_t bits, const VecF& v) { return _mm512_maskz_mov_ps(static_cast<__mmask16>(bits), v); }
+// Non-temporal store to a 64-byte aligned address: no read-for-ownership of the line.
+inline void store_stream(float* p, const VecF& v) { _mm512_stream_ps(p, v); }
 // (n0, n1, n2, n3) with lane k = counter k -> out[4k + j] = nj[k].
 inline void store_transposed(float* out, __m512 a, __m512 b, __m512 c, __m512 d) {
   const __m512 t0 = _mm512_unpacklo_ps(a, b), t1 = _mm512_unpackhi_ps(a, b);
@@ -82,6 +84,7 @@ inline VecF select_lanes(uint32_t bits, const VecF& v) {
   const __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(broadcast(bits), lane_bit), lane_bit);
   return _mm256_and_ps(_mm256_castsi256_ps(on), v);
 }
+inline void store_stream(float* p, const VecF& v) { _mm256_stream_ps(p, v); }
 inline void store_transposed(float* out, __m256 a, __m256 b, __m256 c, __m256 d) {
   const __m256 t0 = _mm256_unpacklo_ps(a, b), t1 = _mm256_unpackhi_ps(a, b);
   const __m256 t2 = _mm256_unpacklo_ps(c, d), t3 = _mm256_unpackhi_ps(c, d);
@@ -137,12 +140,24 @@ inline VecF select_lanes(uint32_t bits, const VecF& v) {
   for (int l = 0; l < kLanes; ++l) lanes[l] = ((bits >> l) & 1u) ? lanes[l] : 0.0f;
   return VecF::loadu(lanes);
 }
+inline void store_stream(float* p, const VecF& v) { v.store(p); }
 inline void store_transposed(float* out, const VecF& a, const VecF& b, const VecF& c, const VecF& d) {
   const VecF* n[4] = {&a, &b, &c, &d};
   for (int j = 0; j < 4; ++j)
     for (int l = 0; l < kLanes; ++l) out[4 * l + j] = (*n[j])[l];
 }
 #endif
+
+// Orders the non-temporal stores of this thread before what follows.
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
+// Outputs at least this large are written with non-temporal stores: they do not fit in the
+// cache anyway, and skipping the read-for-ownership saves a third of the memory traffic.
+constexpr int64_t kStreamBytes = 8 << 20;
 
 // ---- ISA-independent pieces --------------------------------------------------------
 // Each step below runs on kGroups independent vectors side by side: the polynomial and
@@ -195,12 +210,11 @@ inline VecF uniform(const VecI& word) {
 inline void log_positive(VecF x[kGroups]) {
   VecF e[kGroups], m[kGroups], z[kGroups], p[kGroups];
   STOCHNET_FOR_GROUPS(g) {
-    const VecI bits = at::vec::cast<int32_t>(x[g]);
-    e[g] = at::vec::convert_to_fp_of_same_size<float>((bits >> VecI(23)) - VecI(126));
-    m[g] = at::vec::cast<float>((bits & VecI(0x007fffff)) | VecI(0x3f000000));  // [0.5, 1)
-    const VecF below = m[g] < VecF(0.707106781186547524f);
-    e[g] = e[g] - (below & VecF(1.0f));
-    m[g] = VecF::blendv(m[g] - VecF(1.0f), m[g] + m[g] - VecF(1.0f), below);
+    // x = 2^e * (1 + m) with 1 + m in [sqrt(1/2), sqrt(2)): shift the exponent split point
+    // to sqrt(1/2) by integer arithmetic on the bits.
+    const VecI bits = at::vec::cast<int32_t>(x[g]) - VecI(0x3f3504f3);
+    e[g] = at::vec::convert_to_fp_of_same_size<float>(bits >> VecI(23));
+    m[g] = at::vec::cast<float>((bits & VecI(0x007fffff)) + VecI(0x3f3504f3)) - VecF(1.0f);
     z[g] = m[g] * m[g];
     p[g] = VecF(7.0376836292e-2f);
   }
@@ -218,11 +232,13 @@ inline void log_positive(VecF x[kGroups]) {
 // sin and cos of x in [0, 2 pi], Cephes sinf / cosf with one shared octant reduction.
 inline void sincos_0_2pi(const VecF x[kGroups], VecF s[kGroups], VecF c[kGroups]) {
   STOCHNET_FOR_GROUPS(g) {
-    VecF j = (x[g] * VecF(1.27323954473516f)).floor();
-    j = j + (j - VecF(2.0f) * (j * VecF(0.5f)).floor());  // round odd octants up: j even
-    VecF r = at::vec::fmadd(j, VecF(-0.78515625f), x[g]);
-    r = at::vec::fmadd(j, VecF(-2.4187564849853515625e-4f), r);
-    r = at::vec::fmadd(j, VecF(-3.77489497744594108e-8f), r);
+    // Octant j (even) of x; r = x - j * pi / 4 in [-pi/4, pi/4] by a three-part Cody-Waite reduction.
+    VecI j = at::vec::convert_to_int_of_same_size((x[g] * VecF(1.27323954473516f)).floor());
+    j = (j + VecI(1)) & VecI(~1);
+    const VecF jf = at::vec::convert_to_fp_of_same_size<float>(j);
+    VecF r = at::vec::fmadd(jf, VecF(-0.78515625f), x[g]);
+    r = at::vec::fmadd(jf, VecF(-2.4187564849853515625e-4f), r);
+    r = at::vec::fmadd(jf, VecF(-3.77489497744594108e-8f), r);
     const VecF z = r * r;
     VecF sp = at::vec::fmadd(VecF(-1.9515295891e-4f), z, VecF(8.3321608736e-3f));
     sp = at::vec::fmadd(sp, z, VecF(-1.6666654611e-1f));
@@ -230,14 +246,11 @@ inline void sincos_0_2pi(const VecF x[kGroups], VecF s[kGroups], VecF c[kGroups]
     VecF cp = at::vec::fmadd(VecF(2.443315711809948e-5f), z, VecF(-1.388731625493765e-3f));
     cp = at::vec::fmadd(cp, z, VecF(4.166664568298827e-2f));
     cp = at::vec::fmadd(cp * z, z, at::vec::fmadd(z, VecF(-0.5f), VecF(1.0f)));
-    // Quadrant q = (j / 2) mod 4: sin = S, C, -S, -C and cos = C, -S, -C, S.
-    const VecF q = j * VecF(0.5f) - VecF(4.0f) * (j * VecF(0.125f)).floor();
-    const VecF odd = (q == VecF(1.0f)) | (q == VecF(3.0f));
-    const VecF sin_neg = q >= VecF(2.0f);
-    const VecF cos_neg = (q == VecF(1.0f)) | (q == VecF(2.0f));
-    const VecF sign = VecF(-0.0f);
-    s[g] = VecF::blendv(sp, cp, odd) ^ (sin_neg & sign);
-    c[g] = VecF::blendv(cp, sp, odd) ^ (cos_neg & sign);
+    // Quadrant q = j / 2: sin = S, C, -S, -C and cos = C, -S, -C, S for q = 0, 1, 2, 3;
+    // bit 1 of j swaps, bit 2 of j (of j + 2) is the sign of sin (of cos).
+    const VecF swap = at::vec::cast<float>((j << VecI(30)) >> VecI(31));
+    s[g] = VecF::blendv(sp, cp, swap) ^ at::vec::cast<float>((j & VecI(4)) << VecI(29));
+    c[g] = VecF::blendv(cp, sp, swap) ^ at::vec::cast<float>(((j + VecI(2)) & VecI(4)) << VecI(29));
   }
 }
 

@@ -37,6 +37,7 @@ struct ForwardArgs {
   const scalar_t* scale;
   const scalar_t* shift;
   uint64_t seed, offset;
+  bool stream;  // y is large and 64-byte aligned: write it with non-temporal stores
 };
 
 // Per-thread accumulators: tiled sums in x's precision (folded to channels on flush) and
@@ -72,11 +73,16 @@ inline void scalar_step(const scalar_t x, scalar_t& y, float z, scalar_t scale, 
 // kLanes elements at a lane-aligned position `bit` of the block.
 template <bool kTraining>
 inline void vector_step(const float* x, float* y, const float* z, const VecF& scale, const VecF& shift,
-                        uint8_t* bits, int bit, VecF& sum, VecF& sum_sq) {
+                        uint8_t* bits, int bit, bool stream, VecF& sum, VecF& sum_sq) {
   const VecF zero(0.0f);
   const VecF xv = VecF::loadu(x);
   const VecF v = xv + scale * VecF::loadu(z);
-  VecF::blendv(v, zero, v <= zero).store(y);
+  const VecF out = VecF::blendv(v, zero, v <= zero);
+  if (stream) {
+    store_stream(y, out);
+  } else {
+    out.store(y);
+  }
   const uint32_t lanes = movemask(v > zero);
   std::memcpy(bits + bit / 8, &lanes, kLanes / 8);
   if constexpr (kTraining) {
@@ -100,7 +106,8 @@ void planar_run(const ForwardArgs<scalar_t>& a, int64_t start, int64_t n, int64_
       scalar_step<float, kTraining>(x[i], y[i], z[i], scale, shift, bits, bit + i, sum, sum_sq);
     VecF vsum(0.0f), vsum_sq(0.0f);
     for (; i + kLanes <= n; i += kLanes)
-      vector_step<kTraining>(x + i, y + i, z + i, VecF(scale), VecF(shift), bits, bit + i, vsum, vsum_sq);
+      vector_step<kTraining>(x + i, y + i, z + i, VecF(scale), VecF(shift), bits, bit + i, a.stream, vsum,
+                             vsum_sq);
     if constexpr (kTraining) {
       sum += at::vec::vec_reduce_all<float>(std::plus<VecF>(), vsum);
       sum_sq += at::vec::vec_reduce_all<float>(std::plus<VecF>(), vsum_sq);
@@ -134,7 +141,7 @@ void rows_run(const ForwardArgs<scalar_t>& a, int64_t start, int64_t n, const fl
     for (; i + kLanes <= n; i += kLanes) {
       VecF vsum = VecF::loadu(sum + col), vsum_sq = VecF::loadu(sum_sq + col);
       vector_step<kTraining>(x + i, y + i, z + i, VecF::loadu(a.scale + col), VecF::loadu(a.shift + col), bits,
-                             bit + i, vsum, vsum_sq);
+                             bit + i, a.stream, vsum, vsum_sq);
       if constexpr (kTraining) {
         vsum.store(sum + col);
         vsum_sq.store(sum_sq + col);
@@ -171,6 +178,13 @@ void forward_blocks(const ForwardArgs<scalar_t>& a, Layout layout, int64_t first
     std::memcpy(a.mask + begin / 8, bits, static_cast<size_t>((end - begin + 7) / 8));
   }
   if (kTraining && layout == Layout::kRows) sums.flush(a.channels);
+  if (a.stream) stream_fence();
+}
+
+template <typename scalar_t>
+bool streamable(const scalar_t* out, int64_t numel) {
+  return std::is_same_v<scalar_t, float> && numel * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamBytes &&
+         reinterpret_cast<uintptr_t>(out) % 64 == 0;
 }
 
 // Repeats per-channel values to channels + kLanes entries (see ForwardArgs).
@@ -199,8 +213,11 @@ void forward(const at::Tensor& x, at::Tensor& running_sigma, double gamma, doubl
     shift[c] = xp[layout == Layout::kRows ? c : c * inner];
   }
   const std::vector<scalar_t> scale_tiled = tiled(scale), shift_tiled = tiled(shift);
-  const ForwardArgs<scalar_t> args{xp, y.mutable_data_ptr<scalar_t>(), mask.mutable_data_ptr<uint8_t>(), numel,
-                                   channels, inner, scale_tiled.data(), shift_tiled.data(), seed, offset};
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  const ForwardArgs<scalar_t> args{xp,       yp,       mask.mutable_data_ptr<uint8_t>(),
+                                   numel,    channels, inner,
+                                   scale_tiled.data(), shift_tiled.data(), seed,
+                                   offset,   streamable(yp, numel)};
 
   const int threads = at::get_num_threads();
   std::vector<double> totals(training ? static_cast<size_t>(threads) * 2 * channels : 0, 0.0);
@@ -234,7 +251,7 @@ void forward(const at::Tensor& x, at::Tensor& running_sigma, double gamma, doubl
   running_sigma.copy_(updated);
 }
 
-std::tuple<at::Tensor, at::Tensor> stoc_relu_ema_fwd(const at::Tensor& x, at::Tensor running_sigma, double gamma,
+std::tuple<at::Tensor, at::Tensor> stoc_relu_ema_fwd(const at::Tensor& x, at::Tensor& running_sigma, double gamma,
                                                      double momentum, bool training, int64_t seed, int64_t offset) {
   check_stoc_relu_ema_args(x, running_sigma, gamma, momentum, training);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
@@ -250,6 +267,7 @@ std::tuple<at::Tensor, at::Tensor> stoc_relu_ema_fwd(const at::Tensor& x, at::Te
 
 template <typename scalar_t>
 void mask_backward(const scalar_t* grad, const uint8_t* mask, scalar_t* out, int64_t numel) {
+  const bool stream = streamable(out, numel);
   at::parallel_for(0, (numel + kBlock - 1) / kBlock, 256, [&](int64_t first, int64_t last) {
     int64_t i = first * kBlock;
     const int64_t end = std::min(last * kBlock, numel);
@@ -257,8 +275,14 @@ void mask_backward(const scalar_t* grad, const uint8_t* mask, scalar_t* out, int
       for (; i + kLanes <= end; i += kLanes) {
         uint32_t bits = 0;
         std::memcpy(&bits, mask + i / 8, kLanes / 8);
-        select_lanes(bits, VecF::loadu(grad + i)).store(out + i);
+        const VecF selected = select_lanes(bits, VecF::loadu(grad + i));
+        if (stream) {
+          store_stream(out + i, selected);
+        } else {
+          selected.store(out + i);
+        }
       }
+      if (stream) stream_fence();
     }
     for (; i < end; ++i) out[i] = ((mask[i / 8] >> (i % 8)) & 1) ? grad[i] : scalar_t(0);
   });
@@ -293,19 +317,19 @@ void fill_stream(at::Tensor& out, at::ScalarType dtype, const char* name, Fill f
   });
 }
 
-void philox_words_out(int64_t seed, int64_t offset, at::Tensor out) {
+void philox_words_out(int64_t seed, int64_t offset, at::Tensor& out) {
   fill_stream<int32_t>(out, at::kInt, "philox_words_out", [&](int64_t counter, int32_t* values) {
     word_block<false>(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + counter, values);
   });
 }
 
-void philox_uniform_out(int64_t seed, int64_t offset, at::Tensor out) {
+void philox_uniform_out(int64_t seed, int64_t offset, at::Tensor& out) {
   fill_stream<float>(out, at::kFloat, "philox_uniform_out", [&](int64_t counter, float* values) {
     word_block<true>(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + counter, values);
   });
 }
 
-void philox_normal_out(int64_t seed, int64_t offset, at::Tensor out) {
+void philox_normal_out(int64_t seed, int64_t offset, at::Tensor& out) {
   fill_stream<float>(out, at::kFloat, "philox_normal_out", [&](int64_t counter, float* values) {
     normal_block(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + counter, values);
   });

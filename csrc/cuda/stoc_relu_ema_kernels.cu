@@ -8,7 +8,9 @@
 //
 // Training gathers (count, mean, M2) per channel as Welford/Chan partials in a scratch buffer
 // and a second small kernel merges them in double and updates sigma (it runs after the
-// forward on the stream, so the noise uses the sigma from before the update). How the
+// forward on the stream, so the noise uses the sigma from before the update). Threads
+// accumulate in the compute type on x - x[0, c, 0] (the channel's first element, the same
+// shift everywhere), so a mean far from zero costs no precision in float32. How the
 // forward finds a thread's channels depends on the layout:
 //   planes    inner >= 8: one block per (channel, slice of the planes of that channel); a
 //             unit belongs to the plane holding its first element, which also computes the
@@ -310,6 +312,7 @@ __global__ void __launch_bounds__(kThreads)
   const A sg = static_cast<A>(sqrt_gamma);
   const A scale_here = sg * sigma.load<A>(c);
   const A scale_next = sg * sigma.load<A>(c + 1 == channels ? 0 : c + 1);
+  const A shift = static_cast<A>(Io<T>::load(x + c * inner));
   A n = 0, mean = 0, m2 = 0;
   for (int64_t f = first + threadIdx.x; f < last; f += blockDim.x) {
     const int64_t plane_n = f / units_per_plane;
@@ -325,13 +328,13 @@ __global__ void __launch_bounds__(kThreads)
     const int hi = static_cast<int>(end - p0 < kUnit ? end - p0 : kUnit);
     A sum = 0;
 #pragma unroll
-    for (int j = 0; j < kUnit; ++j) sum += (j >= lo && j < hi) ? xv[j] : A(0);
+    for (int j = 0; j < kUnit; ++j) sum += (j >= lo && j < hi) ? xv[j] - shift : A(0);
     const A count = static_cast<A>(hi - lo);
     const A unit_mean = sum / count;
     A unit_m2 = 0;
 #pragma unroll
     for (int j = 0; j < kUnit; ++j) {
-      const A d = xv[j] - unit_mean;
+      const A d = (xv[j] - shift) - unit_mean;
       unit_m2 += (j >= lo && j < hi) ? d * d : A(0);
     }
     chan_merge(n, mean, m2, count, unit_mean, unit_m2);
@@ -368,9 +371,13 @@ __global__ void __launch_bounds__(kWarp * kPeriodicRows)
   for (int j = 0; j < kUnit; ++j) mean[j] = 0, m2[j] = 0;
   if (active) {
     const A sg = static_cast<A>(sqrt_gamma);
-    A scale[kUnit];
+    A scale[kUnit], shift[kUnit];
 #pragma unroll
-    for (int j = 0; j < kUnit; ++j) scale[j] = sg * sigma.load<A>(((kUnit * g + j) % period) / inner);
+    for (int j = 0; j < kUnit; ++j) {
+      const int64_t c = ((kUnit * g + j) % period) / inner;
+      scale[j] = sg * sigma.load<A>(c);
+      shift[j] = static_cast<A>(Io<T>::load(x + c * inner));
+    }
     for (int64_t k = blockIdx.y * static_cast<int64_t>(kPeriodicRows) + threadIdx.y;;
          k += static_cast<int64_t>(gridDim.y) * kPeriodicRows) {
       const int64_t u = g + k * phases;
@@ -386,9 +393,10 @@ __global__ void __launch_bounds__(kWarp * kPeriodicRows)
 #pragma unroll
       for (int j = 0; j < kUnit; ++j) {
         if (j < valid) {
-          const A d = xv[j] - mean[j];
+          const A v = xv[j] - shift[j];
+          const A d = v - mean[j];
           mean[j] += d * inv;
-          m2[j] += d * (xv[j] - mean[j]);
+          m2[j] += d * (v - mean[j]);
         }
       }
     }
@@ -413,16 +421,17 @@ __global__ void __launch_bounds__(kWarp * kPeriodicRows)
 // the memory column col (channel col / inner) into partials[chunk * period + col].
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    column_stats_kernel(const T* __restrict__ x, int64_t rows, int64_t period, int64_t rows_per_chunk,
+    column_stats_kernel(const T* __restrict__ x, int64_t rows, int64_t period, int64_t inner, int64_t rows_per_chunk,
                         Welford* __restrict__ partials) {
   using A = typename AccOf<T>::type;
   const int64_t col = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (col >= period) return;
   const int64_t first = blockIdx.y * rows_per_chunk;
   const int64_t last = first + rows_per_chunk < rows ? first + rows_per_chunk : rows;
+  const A shift = static_cast<A>(Io<T>::load(x + col / inner * inner));
   A n = 0, mean = 0, m2 = 0;
   for (int64_t r = first; r < last; ++r) {
-    const A v = static_cast<A>(Io<T>::load(x + r * period + col));
+    const A v = static_cast<A>(Io<T>::load(x + r * period + col)) - shift;
     n += A(1);
     const A d = v - mean;
     mean += d / n;
@@ -601,7 +610,7 @@ cudaError_t launch_forward(const StocReluEmaArgs& a, cudaStream_t stream) {
       if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
       column_stats_kernel<T>
           <<<dim3(static_cast<unsigned>(ceil_div(period, kThreads)), static_cast<unsigned>(p.chunks)), kThreads, 0,
-             stream>>>(x, a.numel / period, period, p.rows_per_chunk, partials);
+             stream>>>(x, a.numel / period, period, a.inner, p.rows_per_chunk, partials);
       break;
   }
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
