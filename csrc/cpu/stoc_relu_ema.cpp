@@ -20,6 +20,7 @@
 
 #include "checks.h"
 #include "cpu/normal_block.h"
+#include "cpu/output_pool.h"
 
 namespace stochnet::cpu {
 namespace {
@@ -256,8 +257,8 @@ std::tuple<at::Tensor, at::Tensor> stoc_relu_ema_fwd(const at::Tensor& x, at::Te
   check_stoc_relu_ema_args(x, running_sigma, gamma, momentum, training);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "x must be float32 or float64 on CPU, got ", x.scalar_type());
-  at::Tensor y = at::empty_like(x);
-  at::Tensor mask = at::empty({(x.numel() + 7) / 8}, x.options().dtype(at::kByte));
+  at::Tensor y = pooled_empty_like(x);
+  at::Tensor mask = pooled_empty({(x.numel() + 7) / 8}, at::kByte);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stoc_relu_ema_fwd", [&] {
     forward<scalar_t>(x, running_sigma, gamma, momentum, training, static_cast<uint64_t>(seed),
                       static_cast<uint64_t>(offset), y, mask);
@@ -292,7 +293,7 @@ at::Tensor relu_mask_backward(const at::Tensor& grad, const at::Tensor& mask) {
   check_mask_backward_args(grad, mask);
   TORCH_CHECK(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble,
               "grad must be float32 or float64 on CPU, got ", grad.scalar_type());
-  at::Tensor out = at::empty_like(grad);
+  at::Tensor out = pooled_empty_like(grad);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "relu_mask_backward", [&] {
     mask_backward<scalar_t>(grad.const_data_ptr<scalar_t>(), mask.const_data_ptr<uint8_t>(),
                             out.mutable_data_ptr<scalar_t>(), grad.numel());
