@@ -15,6 +15,13 @@ TORCH_LIBRARY(stochnet, m) {
         "bool training, int seed, int offset) -> (Tensor, Tensor)");
   // grad * mask, the packed 1-bit mask in grad's memory order.
   m.def("relu_mask_backward(Tensor grad, Tensor mask) -> Tensor");
+  // Learn2Perturb / PNI / Gaussian noise: y = x + theta * z on a contiguous x of shape (N, C, *).
+  // theta is contiguous with 1 (scalar), C (per channel) or numel / N (per element of the
+  // feature map) elements.
+  m.def("perturb_fwd(Tensor x, Tensor theta, int seed, int offset) -> Tensor");
+  // d theta = sum over the batch (and broadcast dims) of grad * z, z regenerated from (seed, offset);
+  // shaped like theta, in theta's dtype.
+  m.def("perturb_bwd(Tensor grad, Tensor theta, int seed, int offset) -> Tensor");
 }
 
 namespace {

@@ -1,6 +1,7 @@
 """The public functional API: validated entry points to the fused ops."""
 import torch
 
+from .ops import perturb as _perturb
 from .ops import stoc_relu_ema as _stoc_relu_ema
 from .ops.philox import draw_seed
 
@@ -62,4 +63,39 @@ def stoc_relu_ema(x, running_sigma, gamma, momentum=0.5, training=True, backend=
                                         philox, backend)
 
 
-__all__ = ["stoc_relu_ema"]
+def perturb(x, theta, backend=None, philox=None):
+    """Noise injection ``y = x + theta * z``, ``z ~ N(0, 1)`` drawn per element of every sample.
+
+    Args:
+        x: (N, C, *) input; float32/float64 on CPU, also float16/bfloat16 on GPU. Read in
+            place when contiguous, else copied.
+        theta: noise scale broadcast over the batch: a scalar (0-d or one element), one value
+            per channel (C,), or the feature-map shape ``x.shape[1:]``; differentiable (its
+            gradient is ``sum over the batch of dy * z`` with z regenerated, not stored).
+        backend: 'cpp', 'cuda', 'triton', 'torch' or None for the default of x's device.
+        philox: optional int64 (seed, offset) tensor of shape (2,); drawn from torch's default
+            generator when None.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(theta, torch.Tensor):
+        raise TypeError(f"theta must be a torch.Tensor, got {type(theta).__name__}")
+    _check_floating(x, "x")
+    if x.dim() < 2 or x.numel() == 0:
+        raise ValueError(f"x must be a non-empty tensor of shape (N, C, *), got shape {tuple(x.shape)}")
+    if theta.device != x.device:
+        raise ValueError(f"theta is on {theta.device} but x is on {x.device}")
+    if theta.dtype not in (x.dtype, torch.float32):
+        raise TypeError(f"theta must have x's dtype {x.dtype} or float32, got {theta.dtype}")
+    scalar = theta.numel() == 1
+    per_channel = theta.dim() == 1 and theta.shape[0] == x.shape[1]
+    if not (scalar or per_channel or tuple(theta.shape) == tuple(x.shape[1:])):
+        raise ValueError(f"theta must be a scalar, of shape ({x.shape[1]},) or of the feature-map shape "
+                         f"{tuple(x.shape[1:])} to broadcast over x of shape {tuple(x.shape)}, "
+                         f"got {tuple(theta.shape)}")
+    if philox is None:
+        philox = draw_seed()
+    return _perturb.perturb(x, theta, philox, backend)
+
+
+__all__ = ["perturb", "stoc_relu_ema"]

@@ -25,3 +25,13 @@ def _(seed, offset, out):
 @torch.library.register_fake("stochnet::philox_normal_out")
 def _(seed, offset, out):
     return None
+
+
+@torch.library.register_fake("stochnet::perturb_fwd")
+def _(x, theta, seed, offset):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("stochnet::perturb_bwd")
+def _(grad, theta, seed, offset):
+    return torch.empty_like(theta)
