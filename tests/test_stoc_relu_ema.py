@@ -10,7 +10,6 @@ import stochnet
 from stochnet import functional as F
 from stochnet.ops import stoc_relu_ema as ops
 from stochnet.ops.layout import pack_bits
-from stochnet.ops.philox import draw_seed
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ["cpp"] if DEVICE == "cpu" else ["cuda"]

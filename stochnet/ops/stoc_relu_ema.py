@@ -11,7 +11,7 @@ import math
 import torch
 
 from . import backend as backends
-from .layout import dense, memory_order, pack_bits, unpack_bits
+from .layout import dense, pack_bits, unpack_bits
 from .philox import normal_like, seed_pair
 
 
@@ -106,4 +106,4 @@ def stoc_relu_ema(x, running_sigma, gamma, momentum, training, philox, backend):
     return y
 
 
-__all__ = ["reference", "stoc_relu_ema", "stoc_relu_ema_op", "stoc_relu_ema_backward_op", "memory_order"]
+__all__ = ["reference", "stoc_relu_ema", "stoc_relu_ema_op", "stoc_relu_ema_backward_op"]
