@@ -52,4 +52,21 @@ inline void check_mask_backward_args(const at::Tensor& grad, const at::Tensor& m
               mask.numel());
 }
 
+// perturb_fwd (`name` = "x") and perturb_bwd (`name` = "grad"): a dense (N, C, *) tensor and a
+// theta of 1, C or numel / N elements.
+inline void check_perturb_args(const at::Tensor& x, const at::Tensor& theta, const char* name) {
+  TORCH_CHECK(x.dim() >= 2, name, " must have shape (N, C, *), got ", x.sizes());
+  TORCH_CHECK(x.numel() > 0, name, " must not be empty, got shape ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), name, " must be a floating tensor, got ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(theta.device() == x.device(), "theta is on ", theta.device(), " but ", name, " is on ", x.device());
+  TORCH_CHECK(theta.scalar_type() == at::kFloat || theta.scalar_type() == x.scalar_type(),
+              "theta must be float32 or ", name, "'s dtype ", x.scalar_type(), ", got ", theta.scalar_type());
+  TORCH_CHECK(theta.is_contiguous(), "theta must be contiguous");
+  const int64_t channels = x.size(1), features = x.numel() / x.size(0);
+  TORCH_CHECK(theta.numel() == 1 || theta.numel() == channels || theta.numel() == features,
+              "theta must have 1, ", channels, " (per channel) or ", features, " (per feature-map element) "
+              "elements for ", name, " of shape ", x.sizes(), ", got ", theta.numel());
+}
+
 }  // namespace stochnet

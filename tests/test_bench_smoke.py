@@ -117,3 +117,26 @@ def test_timing_quartiles():
     stats = timing.to_dict()
     assert (stats["median_s"], stats["min_s"], stats["q1_s"], stats["q3_s"]) == (3.0, 1.0, 2.0, 4.0)
     assert harness.Timing((2.0,), inner=3).to_dict()["iqr_s"] == 0.0
+
+
+def test_perturb_quick_run(tmp_path):
+    """The perturb benchmark runs quick, counts its traffic honestly and saves O(theta) for backward."""
+    path = tmp_path / "perturb.json"
+    report, _ = main(["--op", "perturb", "--device", "cpu", "--quick", "--json", str(path)])
+    stored = json.loads(path.read_text())
+    assert stored == json.loads(json.dumps(report)) and stored["op"] == "perturb"
+    assert sorted(case["pass"] for case in stored["cases"]) == ["forward", "forward+backward"]
+    for case in stored["cases"]:
+        numel, size = case["numel"], case["element_size"]
+        features = math.prod(case["theta_shape"])
+        forward = 2 * numel * size + features * size
+        expected = forward if case["pass"] == "forward" else forward + numel * size + 2 * features * size
+        assert case["bytes_moved"] == expected
+        rows = {row["name"]: row for row in case["results"]}
+        assert set(rows) == CONTENDERS
+        for name, row in rows.items():
+            for field in TIMING_FIELDS:
+                assert positive_finite(row[field]), (case["title"], name, field, row.get(field))
+        if case["pass"] == "forward+backward":
+            assert rows["fused[cpp]"]["saved_bytes"] == features * size + 2 * 8  # theta and (seed, offset)
+            assert rows["eager"]["saved_bytes"] == numel * size  # the noise tensor

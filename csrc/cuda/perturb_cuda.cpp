@@ -1,0 +1,87 @@
+// CUDA implementations of perturb_fwd / perturb_bwd (schemas in csrc/ops.cpp): argument checks,
+// allocation, device guard and stream here; the kernels live in perturb_kernels.cu behind
+// perturb_launchers.h.
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "cuda/perturb_launchers.h"
+
+namespace stochnet {
+namespace {
+
+gpu::DType perturb_gpu_dtype(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return gpu::DType::kFloat32;
+    case at::kDouble:
+      return gpu::DType::kFloat64;
+    case at::kHalf:
+      return gpu::DType::kFloat16;
+    case at::kBFloat16:
+      return gpu::DType::kBFloat16;
+    default:
+      TORCH_CHECK(false, name, " must be float32, float64, float16 or bfloat16 on CUDA, got ", t.scalar_type());
+  }
+}
+
+// The (channels, inner) view of x in memory order under which element p uses
+// theta[(p / inner) % channels] (see perturb_launchers.h), plus the rest of the launch args.
+gpu::PerturbArgs perturb_args(const at::Tensor& x, const at::Tensor& theta, int64_t seed, int64_t offset,
+                              const char* name) {
+  check_perturb_args(x, theta, name);
+  gpu::PerturbArgs a{};
+  a.dtype = perturb_gpu_dtype(x, name);
+  a.theta_dtype = perturb_gpu_dtype(theta, "theta");
+  a.numel = x.numel();
+  const int64_t channels = x.size(1), features = a.numel / x.size(0);
+  if (theta.numel() == 1) {
+    a.channels = 1;
+    a.inner = a.numel;
+  } else if (theta.numel() == channels) {
+    a.channels = channels;
+    a.inner = features / channels;
+  } else {
+    a.channels = features;
+    a.inner = 1;
+  }
+  a.seed = static_cast<uint64_t>(seed);
+  a.offset = static_cast<uint64_t>(offset);
+  a.sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return a;
+}
+
+at::Tensor perturb_fwd_cuda(const at::Tensor& x, const at::Tensor& theta, int64_t seed, int64_t offset) {
+  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const gpu::PerturbArgs a = perturb_args(x, theta, seed, offset, "x");
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  C10_CUDA_CHECK(gpu::perturb_forward(a, x.const_data_ptr(), theta.const_data_ptr(), y.mutable_data_ptr(),
+                                      at::cuda::getCurrentCUDAStream()));
+  return y;
+}
+
+at::Tensor perturb_bwd_cuda(const at::Tensor& grad, const at::Tensor& theta, int64_t seed, int64_t offset) {
+  TORCH_CHECK(grad.is_cuda(), "grad must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const gpu::PerturbArgs a = perturb_args(grad, theta, seed, offset, "grad");
+  at::Tensor dtheta = at::empty(theta.sizes(), theta.options());
+  const int64_t bytes = gpu::perturb_backward_workspace_bytes(a.numel, a.channels, a.inner, a.sm_count);
+  at::Tensor workspace = at::empty({(bytes + 7) / 8}, grad.options().dtype(at::kDouble));
+  C10_CUDA_CHECK(gpu::perturb_backward(a, grad.const_data_ptr(), dtheta.mutable_data_ptr(),
+                                       workspace.mutable_data_ptr(), at::cuda::getCurrentCUDAStream()));
+  return dtheta;
+}
+
+}  // namespace
+}  // namespace stochnet
+
+TORCH_LIBRARY_IMPL(stochnet, CUDA, m) {
+  m.impl("perturb_fwd", &stochnet::perturb_fwd_cuda);
+  m.impl("perturb_bwd", &stochnet::perturb_bwd_cuda);
+}

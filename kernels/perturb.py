@@ -1,0 +1,222 @@
+"""Noise injection in Triton: ``y = x + theta[idx(p)] * z_p`` and the fused ``d theta`` reduction.
+
+``x`` is contiguous (N, C, *) and element ``p`` (its memory position) takes normal ``p`` of the
+stream. ``theta`` has one element (scalar: idx = 0), C elements (per channel:
+idx = (p // inner) % C, inner = prod(shape[2:])) or F = numel / N elements (per element of the
+feature map: idx = p % F).
+
+Forward: one 1-D kernel over memory-order blocks; the product ``theta * z`` is rounded to the
+compute dtype (float64 for float64 x, else float32) before the add (``enable_fp_fusion=False``).
+
+Backward: ``d theta`` = sum of ``grad * z`` over the elements mapped to each theta entry, with z
+regenerated inside the reduction kernel. The kernel sees ``grad`` as a row-major (M, K) matrix
+(scalar or per channel with planes of >= 32 elements: (N * C, inner); otherwise (N, F); torch
+then folds the row / column sums to channels and, for a scalar, to one total). Row r starts at
+element r * K, which need not be a multiple of 4 (a Philox counter boundary): each row is read in
+windows that start at the aligned element ``r * K - (r * K) % 4`` and the elements outside the
+row are masked off. Then
+
+- AXIS 1 sums each row window: partials (M, column tiles), merged per channel / in total;
+- AXIS 0 sums over rows: a row with shift s = (r * K) % 4 puts column f at window position f + s,
+  so rows are summed per shift class into partials (programs, shifts, width) and torch adds
+  class s at offset s. A program loops over several row tiles (BLOCK_M a multiple of 4 keeps the
+  shift of each tile row fixed) so the partials stay small.
+
+Partial sums are in float32 (float64 for float64 grad); torch merges them in float64.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .philox import check_seed, normals_block, normals_rows
+
+_BLOCK_1D = 2048
+_TILE = 2048
+_COL_BLOCK_K = 128        # AXIS 0 tiles: narrow and tall, so each program sums many rows
+_ROW_REDUCE_MIN_INNER = 32  # per-channel theta: reduce planes along rows when they are this long
+_TARGET_PROGRAMS = 1024   # AXIS 0: enough programs to fill a GPU, beyond that loop over rows
+_SCALAR, _CHANNEL, _ELEMENT = 0, 1, 2
+
+
+@triton.jit(do_not_specialize=["seed", "offset"])
+def _forward_kernel(x_ptr, theta_ptr, y_ptr, numel, inner, C, F, seed, offset,
+                    MODE: tl.constexpr, COMPUTE: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
+    """y for memory positions [pid * BLOCK, (pid + 1) * BLOCK)."""
+    pid = tl.program_id(0)
+    if INDEX_64:
+        pid = pid.to(tl.int64)
+    start = pid * BLOCK
+    index = start + tl.arange(0, BLOCK)
+    valid = index < numel
+    x = tl.load(x_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+    if MODE == 0:
+        theta = tl.load(theta_ptr).to(COMPUTE)
+    elif MODE == 1:
+        theta = tl.load(theta_ptr + (index // inner) % C, mask=valid, other=0.0).to(COMPUTE)
+    else:
+        theta = tl.load(theta_ptr + index % F, mask=valid, other=0.0).to(COMPUTE)
+    z = normals_block(seed, offset, start, BLOCK).to(COMPUTE)
+    y = x + theta * z
+    tl.store(y_ptr + index, y.to(y_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _row_window(grad_ptr, rows, M, K, col0, seed, offset, ACC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """grad * z on the window [aligned(r * K) + col0, + BLOCK_K) of each row r, 0 outside row r."""
+    row_base = rows * K
+    aligned = row_base - row_base % 4
+    window = aligned + col0
+    index = window[:, None] + tl.arange(0, BLOCK_K)[None, :]
+    valid = (rows < M)[:, None] & (index >= row_base[:, None]) & (index < (row_base + K)[:, None])
+    grad = tl.load(grad_ptr + index, mask=valid, other=0.0).to(ACC)
+    z = normals_rows(seed, offset, window, BLOCK_K).to(ACC)
+    return tl.where(valid, grad * z, 0.0)
+
+
+@triton.jit(do_not_specialize=["seed", "offset"])
+def _reduce_kernel(grad_ptr, part_ptr, M, K, row_steps, seed, offset,
+                   AXIS: tl.constexpr, SHIFTS: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Partial sums of grad * z over one (BLOCK_M * row_steps, BLOCK_K) tile of the (M, K) view.
+
+    AXIS 1: part[r, pid_k] = sum over the tile's window of row r.
+    AXIS 0 (grid (column tiles, row programs)): part[pid_m, s, pid_k * BLOCK_K + k] = sum over the
+    tile's rows with shift s of window position k (column pid_k * BLOCK_K + k - s).
+    """
+    if AXIS == 1:
+        pid_m = tl.program_id(0).to(tl.int64)
+        pid_k = tl.program_id(1)
+        col0 = pid_k * BLOCK_K
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        v = _row_window(grad_ptr, rows, M, K, col0, seed, offset, ACC, BLOCK_K)
+        tl.store(part_ptr + rows * tl.num_programs(1) + pid_k, tl.sum(v, axis=1), mask=rows < M)
+    else:
+        # Column tiles on grid axis 0 (F / BLOCK_K can pass 65535), row programs on axis 1.
+        pid_k = tl.program_id(0)
+        pid_m = tl.program_id(1).to(tl.int64)
+        col0 = pid_k * BLOCK_K
+        first = pid_m * row_steps * BLOCK_M
+        local = tl.arange(0, BLOCK_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
+        for step in range(row_steps):
+            rows = first + step * BLOCK_M + local
+            acc += _row_window(grad_ptr, rows, M, K, col0, seed, offset, ACC, BLOCK_K)
+        width = tl.num_programs(0) * BLOCK_K
+        cols = col0 + tl.arange(0, BLOCK_K)
+        if SHIFTS == 1:
+            tl.store(part_ptr + pid_m * width + cols, tl.sum(acc, axis=0))
+        else:
+            # BLOCK_M % 4 == 0, so local row i has the shift of row first + i in every step.
+            shift = ((first + local) * K) % 4
+            for s in tl.static_range(4):
+                total = tl.sum(tl.where((shift == s)[:, None], acc, 0.0), axis=0)
+                tl.store(part_ptr + (pid_m * 4 + s) * width + cols, total)
+
+
+def _check_device(t, name):
+    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"{name} is a CPU tensor: the Triton kernels run on CPU tensors only with "
+                         "TRITON_INTERPRET=1 set before triton is imported")
+
+
+def _floating_dtypes(device):
+    if device.type == "cpu":
+        return (torch.float32, torch.float64)
+    return (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _theta_mode(x, theta, x_name):
+    """Validate ``x`` / ``theta``; returns (mode, inner, C, F) of the theta mapping."""
+    _check_device(x, x_name)
+    if x.dim() < 2 or x.numel() == 0:
+        raise ValueError(f"{x_name} must be a non-empty tensor of shape (N, C, *), got {tuple(x.shape)}")
+    if x.dtype not in _floating_dtypes(x.device):
+        raise ValueError(f"{x_name} must have dtype in {_floating_dtypes(x.device)} on {x.device.type}, "
+                         f"got {x.dtype}")
+    if not x.is_contiguous():
+        raise ValueError(f"{x_name} must be contiguous, got strides {x.stride()} for shape {tuple(x.shape)}")
+    if theta.device != x.device:
+        raise ValueError(f"theta is on {theta.device} but {x_name} is on {x.device}")
+    if theta.dtype not in _floating_dtypes(theta.device):
+        raise ValueError(f"theta must have dtype in {_floating_dtypes(theta.device)} on {theta.device.type}, "
+                         f"got {theta.dtype}")
+    if not theta.is_contiguous():
+        raise ValueError(f"theta must be contiguous, got strides {theta.stride()}")
+    channels = x.shape[1]
+    features = x.numel() // x.shape[0]
+    inner = features // channels
+    if theta.numel() == 1:
+        return _SCALAR, inner, channels, features
+    if theta.dim() == 1 and theta.numel() == channels:
+        return _CHANNEL, inner, channels, features
+    if tuple(theta.shape) == tuple(x.shape[1:]):
+        return _ELEMENT, inner, channels, features
+    raise ValueError(f"theta must have 1 element, shape ({channels},) or the feature-map shape "
+                     f"{tuple(x.shape[1:])} for {x_name} of shape {tuple(x.shape)}, got {tuple(theta.shape)}")
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def perturb_fwd(x, theta, seed, offset):
+    """``y = x + theta * z`` on a contiguous (N, C, *) ``x``; ``y`` has x's shape and dtype."""
+    mode, inner, channels, features = _theta_mode(x, theta, "x")
+    check_seed(seed, offset)
+    y = torch.empty_like(x)
+    numel = x.numel()
+    _forward_kernel[(triton.cdiv(numel, _BLOCK_1D),)](
+        x, theta, y, numel, inner, channels, features, seed, offset,
+        MODE=mode, COMPUTE=_TL_DTYPES[_compute_dtype(x.dtype)], INDEX_64=numel + _BLOCK_1D >= 2**31,
+        BLOCK=_BLOCK_1D, enable_fp_fusion=False)
+    return y
+
+
+def _reduce(grad, M, K, axis, seed, offset):
+    """sum of grad * z per row (axis 1, shape (M,)) or per column (axis 0, shape (K,)), float64."""
+    acc = tl.float64 if grad.dtype == torch.float64 else tl.float32
+    part_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    shifts = 1 if K % 4 == 0 else 4
+    if axis == 1:
+        block_k = min(triton.next_power_of_2(K + shifts - 1), _TILE)
+        block_m = min(triton.next_power_of_2(M), max(1, _TILE // block_k))
+        grid = (triton.cdiv(M, block_m), triton.cdiv(K + shifts - 1, block_k))
+        part = torch.empty((M, grid[1]), dtype=part_dtype, device=grad.device)
+        _reduce_kernel[grid](grad, part, M, K, 1, seed, offset, AXIS=1, SHIFTS=shifts, ACC=acc,
+                             BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False)
+        return part.double().sum(1)
+    # Narrow tiles so that a program sums many rows, wider ones when the batch is small.
+    block_m = max(4, min(triton.next_power_of_2(M), _TILE // _COL_BLOCK_K))
+    block_k = min(triton.next_power_of_2(K + shifts - 1), max(_COL_BLOCK_K, _TILE // block_m))
+    col_tiles = triton.cdiv(K + shifts - 1, block_k)
+    row_tiles = triton.cdiv(M, block_m)
+    programs_m = max(1, min(row_tiles, triton.cdiv(_TARGET_PROGRAMS, col_tiles)))
+    row_steps = triton.cdiv(row_tiles, programs_m)
+    programs_m = triton.cdiv(row_tiles, row_steps)
+    width = col_tiles * block_k
+    part = torch.empty((programs_m, shifts, width), dtype=part_dtype, device=grad.device)
+    _reduce_kernel[(col_tiles, programs_m)](grad, part, M, K, row_steps, seed, offset, AXIS=0, SHIFTS=shifts,
+                                            ACC=acc, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False)
+    merged = part.double().sum(0)
+    return sum(merged[s, s:s + K] for s in range(shifts))
+
+
+def perturb_bwd(grad, theta, seed, offset):
+    """``d theta``: shaped like theta, in theta's dtype; z is regenerated inside the reduction."""
+    mode, inner, channels, features = _theta_mode(grad, theta, "grad")
+    check_seed(seed, offset)
+    numel = grad.numel()
+    if mode != _ELEMENT and inner >= _ROW_REDUCE_MIN_INNER:
+        total = _reduce(grad, numel // inner, inner, 1, seed, offset).view(-1, channels).sum(0)
+    else:
+        total = _reduce(grad, grad.shape[0], features, 0, seed, offset)
+        if mode != _ELEMENT:
+            total = total.view(channels, inner).sum(1)
+    if mode == _SCALAR:
+        total = total.sum()
+    return total.reshape(theta.shape).to(theta.dtype)
