@@ -9,14 +9,15 @@ export MAX_JOBS ?= 2
 
 .PHONY: run test bench setup clean
 
-run: bench
+run: setup
+	$(PY) -m bench
+	$(PY) -m bench --huge-pages
 
 test: setup
 	$(PY) -m pytest
 
-bench: setup
-	$(PY) -m bench
-	$(PY) -m bench --huge-pages
+bench: run
+	$(PY) -m bench --op perturb
 
 setup: $(VENV)/.built
 
