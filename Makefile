@@ -24,7 +24,7 @@ setup: $(VENV)/.built
 $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 numpy scipy pytest pytest-benchmark \
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 numpy scipy mlxtend pytest pytest-benchmark \
 		ninja pybind11 setuptools wheel
 	touch $@
 

@@ -11,7 +11,7 @@ import os
 import site
 
 import torch
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # torch derives the toolkit from `nvcc` on PATH; a wrapper script in /usr/local/bin would make
 # it /usr/local. Prefer the conventional toolkit directory when the user has not chosen one.
@@ -69,7 +69,7 @@ def extension():
 
 
 setup(
-    packages=["stochnet", "stochnet.ops", "stochnet.nn", "stochnet.kernels"],
+    packages=["stochnet", *(f"stochnet.{name}" for name in find_packages("stochnet")), "stochnet.kernels"],
     package_dir={"stochnet": "stochnet", "stochnet.kernels": "kernels"},
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -3,6 +3,9 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include <string>
 
 namespace stochnet {
 
@@ -67,6 +70,48 @@ inline void check_perturb_args(const at::Tensor& x, const at::Tensor& theta, con
   TORCH_CHECK(theta.numel() == 1 || theta.numel() == channels || theta.numel() == features,
               "theta must have 1, ", channels, " (per channel) or ", features, " (per feature-map element) "
               "elements for ", name, " of shape ", x.sizes(), ", got ", theta.numel());
+}
+
+// PGD ops: `t` (grad, x_orig, momentum) is contiguous and matches x_adv in shape, dtype and device.
+inline void check_pgd_like(const at::Tensor& t, const at::Tensor& x, const char* name) {
+  TORCH_CHECK(t.device() == x.device(), name, " is on ", t.device(), " but x_adv is on ", x.device());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), name, " must have x_adv's dtype ", x.scalar_type(), ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.sizes() == x.sizes(), name, " must have x_adv's shape ", x.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+inline void check_pgd_input(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() >= 1, name, " must have a batch dimension, got a 0-d tensor");
+  TORCH_CHECK(x.numel() > 0, name, " must not be empty, got shape ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), name, " must be a floating tensor, got ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
+}
+
+// eps / alpha: contiguous (B,) float32 or float64 tensors on the device of x (x_adv or x_orig).
+inline void check_per_sample(const at::Tensor& t, const at::Tensor& x, const char* name) {
+  TORCH_CHECK(t.device() == x.device(), name, " is on ", t.device(), " but the input is on ", x.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+              " must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(0) && t.is_contiguous(), name,
+              " must be a contiguous tensor of shape (", x.size(0), ",), got ", t.sizes());
+}
+
+inline void check_clip(double lo, double hi) { TORCH_CHECK(lo < hi, "clip must have lo < hi, got (", lo, ", ", hi, ")"); }
+
+inline bool is_l2_norm(c10::string_view norm) {
+  TORCH_CHECK(norm == "linf" || norm == "l2", "norm must be 'linf' or 'l2', got '", std::string(norm), "'");
+  return norm == "l2";
+}
+
+inline void check_pgd_step_args(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
+                                const at::Tensor& eps, const at::Tensor& alpha, double lo, double hi) {
+  check_pgd_input(x_adv, "x_adv");
+  check_pgd_like(grad, x_adv, "grad");
+  check_pgd_like(x_orig, x_adv, "x_orig");
+  check_per_sample(eps, x_adv, "eps");
+  check_per_sample(alpha, x_adv, "alpha");
+  check_clip(lo, hi);
 }
 
 }  // namespace stochnet

@@ -22,6 +22,19 @@ TORCH_LIBRARY(stochnet, m) {
   // d theta = sum over the batch (and broadcast dims) of grad * z, z regenerated from (seed, offset);
   // shaped like theta, in theta's dtype.
   m.def("perturb_bwd(Tensor grad, Tensor theta, int seed, int offset) -> Tensor");
+  // PGD step on (B, *) tensors of one shape: norm "linf" (sign step, clamp to the eps box) or
+  // "l2" (normalized-gradient step, per-sample projection onto the eps ball), then clamp to
+  // [lo, hi]. eps, alpha: contiguous (B,) float32/float64 tensors on x_adv's device.
+  m.def("pgd_step_fwd(Tensor x_adv, Tensor grad, Tensor x_orig, Tensor eps, Tensor alpha, str norm, "
+        "float lo, float hi) -> Tensor");
+  // MIM: momentum <- mu * momentum + grad / max(mean_b |grad|, 1e-12) in place, then the linf
+  // step of x_adv along sign(momentum).
+  m.def("mim_step_fwd(Tensor x_adv, Tensor grad, Tensor x_orig, Tensor(a!) momentum, Tensor eps, "
+        "Tensor alpha, float mu, float lo, float hi) -> Tensor");
+  // Random start inside the eps ball around x_orig ("linf" box or "l2" ball), clamped to [lo, hi],
+  // from the Philox stream (seed, offset).
+  m.def("random_start_fwd(Tensor x_orig, Tensor eps, str norm, float lo, float hi, int seed, "
+        "int offset) -> Tensor");
 }
 
 namespace {

@@ -1,7 +1,10 @@
 """The public functional API: validated entry points to the fused ops."""
+import math
+
 import torch
 
 from .ops import perturb as _perturb
+from .ops import pgd as _pgd
 from .ops import stoc_relu_ema as _stoc_relu_ema
 from .ops.philox import draw_seed
 
@@ -98,4 +101,143 @@ def perturb(x, theta, backend=None, philox=None):
     return _perturb.perturb(x, theta, philox, backend)
 
 
-__all__ = ["perturb", "stoc_relu_ema"]
+
+
+def _check_pgd_tensor(t, name, like=None, like_name="x_adv"):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if like is None:
+        _check_floating(t, name)
+        if t.dim() < 1 or t.numel() == 0:
+            raise ValueError(f"{name} must be a non-empty tensor of shape (B, *), got shape {tuple(t.shape)}")
+        return
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but {like_name} is on {like.device}")
+    if t.dtype != like.dtype:
+        raise TypeError(f"{name} must have {like_name}'s dtype {like.dtype}, got {t.dtype}")
+    if t.shape != like.shape:
+        raise ValueError(f"{name} must have {like_name}'s shape {tuple(like.shape)}, got {tuple(t.shape)}")
+
+
+def _check_clip(clip):
+    if not (isinstance(clip, (tuple, list)) and len(clip) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in clip)):
+        raise TypeError(f"clip must be a (lo, hi) pair of numbers, got {clip!r}")
+    lo, hi = float(clip[0]), float(clip[1])
+    if not lo < hi:
+        raise ValueError(f"clip must have lo < hi, got {clip!r}")
+    return lo, hi
+
+
+def _check_budget(value, name, x, clip_range=None):
+    """eps / alpha: a number or a (B,) floating tensor on x's device, >= 0 (and <= clip_range)."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {value.dtype}")
+        if value.shape != (x.shape[0],):
+            raise ValueError(f"{name} must be a number or a tensor of shape ({x.shape[0]},) (one per sample), "
+                             f"got shape {tuple(value.shape)}")
+        if value.device != x.device:
+            raise ValueError(f"{name} is on {value.device} but the input is on {x.device}")
+        low, high = value.min().item(), value.max().item()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        low = high = float(value)
+    else:
+        raise TypeError(f"{name} must be a float or a tensor of shape ({x.shape[0]},), got {type(value).__name__}")
+    if not low >= 0:
+        raise ValueError(f"{name} must be >= 0, got {low}")
+    if clip_range is not None and high > clip_range:
+        raise ValueError(f"{name} must not exceed the clip range ({clip_range}: hi - lo for linf, "
+                         f"(hi - lo) * sqrt(elements per sample) for l2), got {high}")
+
+
+def _check_norm(norm):
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+
+
+def _eps_bound(norm, lo, hi, x):
+    """The largest meaningful eps: the diameter of the clip box in the attack's norm."""
+    return (hi - lo) if norm == "linf" else (hi - lo) * math.sqrt(x[0].numel())
+
+
+def pgd_step(x_adv, grad, x_orig, eps, alpha, norm="linf", clip=(0.0, 1.0), backend=None):
+    """One PGD step with the projection onto the eps ball around ``x_orig``, fused in one op.
+
+    linf: ``clamp(x_orig + clamp(x_adv + alpha * sign(grad) - x_orig, -eps, eps), lo, hi)``
+    (one pass over memory). l2: step ``alpha * grad / ||grad||`` per sample, then the
+    per-sample projection of the perturbation onto the L2 ball of radius eps, then the clip.
+
+    Args:
+        x_adv, grad, x_orig: (B, *) tensors of one shape, device and dtype (float32/float64 on
+            CPU, also float16/bfloat16 on GPU); non-contiguous inputs are copied.
+        eps, alpha: the budget and step size, >= 0: floats or (B,) tensors (one per sample).
+            eps must not exceed the diameter of the clip box: hi - lo (linf),
+            (hi - lo) * sqrt(elements per sample) (l2).
+        norm: 'linf' or 'l2'.
+        clip: (lo, hi) range of valid inputs.
+        backend: 'cpp', 'cuda', 'triton', 'torch' or None for the default of x's device.
+
+    Returns a new tensor; the inputs are not modified.
+    """
+    _check_pgd_tensor(x_adv, "x_adv")
+    _check_pgd_tensor(grad, "grad", x_adv)
+    _check_pgd_tensor(x_orig, "x_orig", x_adv)
+    _check_norm(norm)
+    lo, hi = _check_clip(clip)
+    _check_budget(eps, "eps", x_adv, _eps_bound(norm, lo, hi, x_adv))
+    _check_budget(alpha, "alpha", x_adv)
+    return _pgd.pgd_step(x_adv, grad, x_orig, eps, alpha, norm, lo, hi, backend)
+
+
+def mim_step(x_adv, grad, x_orig, momentum, eps, alpha, mu=1.0, clip=(0.0, 1.0), backend=None):
+    """One momentum iterative (MIM / MI-FGSM) step, fused.
+
+    ``momentum <- mu * momentum + grad / max(mean |grad|, 1e-12)`` (mean over each sample)
+    is updated IN PLACE; returns the linf step of ``x_adv`` along ``sign(momentum)``,
+    projected onto the eps box around ``x_orig`` and clipped to ``clip``.
+
+    Args:
+        momentum: contiguous tensor of x_adv's shape, dtype and device (zeros at the start).
+        mu: the momentum decay factor.
+        Other arguments as :func:`pgd_step`.
+    """
+    _check_pgd_tensor(x_adv, "x_adv")
+    _check_pgd_tensor(grad, "grad", x_adv)
+    _check_pgd_tensor(x_orig, "x_orig", x_adv)
+    _check_pgd_tensor(momentum, "momentum", x_adv)
+    if not momentum.is_contiguous():
+        raise ValueError("momentum must be contiguous: it is updated in place")
+    if not (isinstance(mu, (int, float)) and not isinstance(mu, bool) and math.isfinite(mu)):
+        raise TypeError(f"mu must be a finite number, got {mu!r}")
+    lo, hi = _check_clip(clip)
+    _check_budget(eps, "eps", x_adv, hi - lo)
+    _check_budget(alpha, "alpha", x_adv)
+    return _pgd.mim_step(x_adv, grad, x_orig, momentum, eps, alpha, float(mu), lo, hi, backend)
+
+
+def random_start(x_orig, eps, norm="linf", clip=(0.0, 1.0), backend=None, philox=None):
+    """A random point of the eps ball around ``x_orig``, clipped to ``clip``.
+
+    linf: ``x_orig + eps * (2u - 1)``, u uniform in [0, 1) per element. l2: uniform in the L2
+    ball: a Gaussian direction per sample at radius ``eps * v ** (1 / d)`` (d elements per
+    sample, v uniform). Noise from the Philox stream ``philox`` (see :func:`perturb`).
+
+    Args:
+        x_orig: (B, *) tensor; float32/float64 on CPU, also float16/bfloat16 on GPU.
+        eps: float or (B,) tensor, >= 0 and at most the diameter of the clip box (see
+            :func:`pgd_step`).
+        norm, clip, backend: as :func:`pgd_step`.
+        philox: optional int64 (seed, offset) tensor of shape (2,); drawn from torch's default
+            generator when None, so ``torch.manual_seed`` makes starts reproducible.
+    """
+    _check_pgd_tensor(x_orig, "x_orig")
+    _check_norm(norm)
+    lo, hi = _check_clip(clip)
+    _check_budget(eps, "eps", x_orig, _eps_bound(norm, lo, hi, x_orig))
+    if philox is None:
+        philox = draw_seed()
+    return _pgd.random_start(x_orig, eps, norm, lo, hi, philox, backend)
+
+
+__all__ = ["mim_step", "perturb", "pgd_step", "random_start", "stoc_relu_ema"]

@@ -35,3 +35,18 @@ def _(x, theta, seed, offset):
 @torch.library.register_fake("stochnet::perturb_bwd")
 def _(grad, theta, seed, offset):
     return torch.empty_like(theta)
+
+
+@torch.library.register_fake("stochnet::pgd_step_fwd")
+def _(x_adv, grad, x_orig, eps, alpha, norm, lo, hi):
+    return torch.empty_like(x_adv, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("stochnet::mim_step_fwd")
+def _(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi):
+    return torch.empty_like(x_adv, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("stochnet::random_start_fwd")
+def _(x_orig, eps, norm, lo, hi, seed, offset):
+    return torch.empty_like(x_orig, memory_format=torch.contiguous_format)

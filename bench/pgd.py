@@ -1,0 +1,103 @@
+"""Fused PGD step (L-inf): the fused op against the same math in eager PyTorch and torch.compile.
+
+Every contender does one attack step's update of ``x_adv`` from a fixed gradient:
+``clamp(x_orig + clamp(x_adv + alpha * sign(grad) - x_orig, -eps, eps), 0, 1)`` into a new tensor.
+"""
+import time
+
+import torch
+
+import stochnet
+
+from . import harness
+
+OP = "pgd"
+SHAPES = ((128, 3, 32, 32), (128, 64, 32, 32))
+QUICK_SHAPES = ((4, 3, 6, 6),)
+DTYPE = torch.float32
+EPS, ALPHA = 8 / 255, 2 / 255
+MIN_SAMPLE_S = 2e-3
+
+
+def eager_pgd_step(x_adv, grad, x_orig):
+    """The step written the usual way in eager PyTorch (torchattacks' PGD): what the fused op replaces."""
+    delta = torch.clamp(x_adv + ALPHA * grad.sign() - x_orig, min=-EPS, max=EPS)
+    return torch.clamp(x_orig + delta, min=0.0, max=1.0)
+
+
+def fused_pgd_step(x_adv, grad, x_orig):
+    return stochnet.functional.pgd_step(x_adv, grad, x_orig, EPS, ALPHA, norm="linf", backend="cpp")
+
+
+def _check_same_work(functions, x_adv, grad, x_orig):
+    """Every contender computes the same step (up to rounding)."""
+    expected = eager_pgd_step(x_adv, grad, x_orig)
+    for name, (_, _, fn) in functions.items():
+        out = fn(x_adv, grad, x_orig)
+        if out.shape != expected.shape or not torch.allclose(out, expected, rtol=0, atol=1e-6):
+            raise AssertionError(f"{name} does not compute the linf PGD step: not the same work")
+
+
+def _compile_warmup(step):
+    start = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - start
+    step()
+    return seconds
+
+
+def _bench_shape(shape, functions, device, repeats, warmup, min_sample_s):
+    generator = torch.Generator(device=device).manual_seed(0)
+    x_orig = torch.rand(shape, device=device, dtype=DTYPE, generator=generator)
+    x_adv = (x_orig + EPS * (2 * torch.rand(shape, device=device, dtype=DTYPE, generator=generator) - 1)).clamp(0, 1)
+    grad = torch.randn(shape, device=device, dtype=DTYPE, generator=generator)
+    _check_same_work(functions, x_adv, grad, x_orig)
+    contenders = []
+    for name, (kind, backend, fn) in functions.items():
+        step = (lambda fn=fn: fn(x_adv, grad, x_orig))
+        extra = {"backend": backend} if backend else {}
+        if kind == "compiled":
+            extra["compile_s"] = _compile_warmup(step)
+        peak = harness.peak_memory_bytes(step, device)
+        if peak is not None:
+            extra["peak_bytes"] = peak
+        contenders.append(harness.Contender(name, kind, step, extra))
+    # read x_adv, grad and x_orig, write the new x_adv
+    nbytes = 4 * x_orig.numel() * x_orig.element_size()
+    result = harness.compare(contenders, device, nbytes=nbytes, copy_numel=x_orig.numel(), copy_dtype=DTYPE,
+                             repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
+    dtype = str(DTYPE).replace("torch.", "")
+    return [{"title": f"{OP} linf step {tuple(shape)} {dtype}", "shape": list(shape), "dtype": dtype,
+             "numel": x_orig.numel(), "element_size": x_orig.element_size(), "pass": "forward", **result}]
+
+
+def notes(device):
+    lines = [
+        "times: median over round-robin samples after warm-up; min and IQR beside it; "
+        "torch.compile's compilation is excluded from timing and shown as compile s",
+        "eager/this and compiled/this: that contender's median over this row's (above 1: this row is faster)",
+        "GB/s counts the fused op's least traffic for every row: read x_adv, grad, x_orig, write the new x_adv",
+        "% copy: GB/s over dst.copy_(src) of a same-size tensor into already-touched memory "
+        "(read+write bytes), timed in the same round-robin",
+        f"eps {EPS:.5f}, alpha {ALPHA:.5f} as Python floats (the fused op passes them as (B,) tensors)",
+    ]
+    if device.type == "cpu":
+        lines.append("CPU: every contender allocates its output per call, as an attack loop does (DESIGN.md: "
+                     "fresh 32 MB+ allocations page-fault; the fused op reuses pooled output buffers); "
+                     "absolute CPU times are indicative, compare ratios")
+    return lines
+
+
+def run(device, repeats, warmup, quick=False, min_sample_s=MIN_SAMPLE_S):
+    """Benchmark every contender on every shape; the report :func:`harness.format_report` prints."""
+    if device.type != "cpu":
+        raise ValueError(f"the fused {OP} benchmark covers the C++ CPU kernel only so far, got device {device}")
+    functions = {"fused[cpp]": ("fused", "cpp", fused_pgd_step),
+                 "eager": ("eager", None, eager_pgd_step),
+                 # dynamic=False: each shape gets its own static-shape kernel, as an attack loop would
+                 "compiled": ("compiled", None, torch.compile(eager_pgd_step, dynamic=False))}
+    cases = []
+    for shape in QUICK_SHAPES if quick else SHAPES:
+        cases += _bench_shape(shape, functions, device, repeats, warmup, min_sample_s)
+    return {"op": OP, "environment": harness.environment(device), "repeats": repeats, "warmup": warmup,
+            "quick": quick, "eps": EPS, "alpha": ALPHA, "skipped": [], "notes": notes(device), "cases": cases}

@@ -1,0 +1,362 @@
+"""PGD / MIM steps and the random start in Triton, on contiguous (B, *) tensors of one shape.
+
+The kernels see every tensor as a row-major (B, K) matrix of its memory, K = numel / B; the
+sample of memory position p is p // K. eps / alpha are contiguous (B,) float tensors on x's
+device; lo / hi / mu travel as a small tensor in the compute dtype (float64 for float64 x, else
+float32), so float64 data is clamped at the exact bounds.
+
+- linf PGD: one elementwise kernel, delta = clamp(x_adv + alpha_b * sign(grad) - x_orig,
+  -eps_b, eps_b), out = clamp(x_orig + delta, lo, hi), sign(0) = 0.
+- l2 PGD: per-sample sums of grad^2 (partials per (sample, column tile), float32 -- float64 for
+  float64 data -- merged by torch in float64), then per-sample sums of delta^2, delta =
+  (x_adv + grad * s_b) - x_orig with s_b = alpha_b / max(||grad_b||, 1e-12) (float64, rounded to
+  the compute dtype), recomputed with the same operations as in the final kernel, then the
+  elementwise kernel scales delta by min(1, eps_b / ||delta_b||) (1 when the norm is 0) and clamps.
+- MIM: per-sample sums of |grad|, then one elementwise kernel updates the momentum in place,
+  g <- mu * g + grad / max(mean_b |grad|, 1e-12), and takes the linf step along sign(g) (the sign
+  of g as stored, so a low-precision momentum steers exactly as the stored value says).
+- random start: linf is one elementwise kernel, x + eps_b * (2u - 1) with u = uniform p of the
+  stream (seed, offset) and 2u - 1 in float32; l2 sums the squares of normal p of the stream per
+  sample (windows that start on the Philox counter below each sample's first element, masked to
+  the sample), takes radius_b = eps_b * v_b ** (1 / K) with v_b = uniform b of the stream
+  (seed, offset + ceil(numel / 4)), and writes clamp(x + z * f_b, lo, hi) with
+  f_b = radius_b / ||z_b|| (float64, rounded to the compute dtype).
+
+Every kernel runs with ``enable_fp_fusion=False``, so products are rounded as in torch.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .philox import (
+    check_seed,
+    normals_block,
+    normals_rows,
+    philox_uniform,
+    uniforms_block,
+)
+
+_BLOCK_1D = 2048
+_TILE = 2048
+_NORMS = ("linf", "l2")
+_SQUARES, _ABS, _DELTA_SQUARES, _NORMAL_SQUARES = 0, 1, 2, 3
+_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+@triton.jit
+def _clamp(v, lo, hi):
+    """clamp(v, lo, hi) propagating NaN, as torch.clamp."""
+    return tl.where(v < lo, lo, tl.where(v > hi, hi, v))
+
+
+@triton.jit
+def _sign(g):
+    """torch.sign: -1, 0 (for +-0) or 1; NaN stays NaN."""
+    return tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, g * 0.0)).to(g.dtype)
+
+
+@triton.jit
+def _l2_delta(x_adv_ptr, grad_ptr, x_orig_ptr, index, valid, scale, COMPUTE: tl.constexpr):
+    """(x_adv + grad * scale) - x_orig in COMPUTE; scale = alpha / max(||grad||, 1e-12) per sample."""
+    x_adv = tl.load(x_adv_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+    grad = tl.load(grad_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+    x_orig = tl.load(x_orig_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+    return (x_adv + grad * scale) - x_orig
+
+
+@triton.jit(do_not_specialize=["seed", "offset"])
+def _sample_sums_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, part_ptr, M, K, seed, offset,
+                        KIND: tl.constexpr, ALIGN: tl.constexpr, COMPUTE: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """part[r, pid_k] = sum over the pid_k-th window of sample r of the KIND of value.
+
+    A window of row r starts at row_base + pid_k * BLOCK_K, row_base = r * K rounded down to a
+    multiple of 4 when ALIGN (the noise kinds); elements outside row r are masked off.
+    """
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    row_base = rows * K
+    if ALIGN:
+        window = row_base - row_base % 4 + pid_k * BLOCK_K
+    else:
+        window = row_base + pid_k * BLOCK_K
+    index = window[:, None] + tl.arange(0, BLOCK_K)[None, :]
+    valid = row_ok[:, None] & (index >= row_base[:, None]) & (index < (row_base + K)[:, None])
+    if KIND == 0:
+        v = tl.load(a_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+        v = v * v
+    elif KIND == 1:
+        v = tl.abs(tl.load(a_ptr + index, mask=valid, other=0.0).to(COMPUTE))
+    elif KIND == 2:
+        scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0)[:, None]
+        v = _l2_delta(a_ptr, b_ptr, c_ptr, index, valid, scale, COMPUTE)
+        v = v * v
+    else:
+        v = normals_rows(seed, offset, window, BLOCK_K).to(COMPUTE)
+        v = v * v
+    v = tl.where(valid, v, 0.0)
+    tl.store(part_ptr + rows * tl.num_programs(1) + pid_k, tl.sum(v, axis=1), mask=row_ok)
+
+
+@triton.jit
+def _linf_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, mom_ptr, eps_ptr, alpha_ptr, denom_ptr, params_ptr, out_ptr,
+                 numel, K, MIM: tl.constexpr, COMPUTE: tl.constexpr, INDEX_64: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """linf PGD step (MIM: along the updated momentum) for memory positions of one block."""
+    pid = tl.program_id(0)
+    if INDEX_64:
+        pid = pid.to(tl.int64)
+    index = pid * BLOCK + tl.arange(0, BLOCK)
+    valid = index < numel
+    sample = index // K
+    lo = tl.load(params_ptr)
+    hi = tl.load(params_ptr + 1)
+    eps = tl.load(eps_ptr + sample, mask=valid, other=0.0).to(COMPUTE)
+    alpha = tl.load(alpha_ptr + sample, mask=valid, other=0.0).to(COMPUTE)
+    x_adv = tl.load(x_adv_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+    x_orig = tl.load(x_orig_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+    grad = tl.load(grad_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+    if MIM:
+        mu = tl.load(params_ptr + 2)
+        denom = tl.load(denom_ptr + sample, mask=valid, other=1.0)
+        g = tl.load(mom_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+        g = (mu * g + grad / denom).to(mom_ptr.dtype.element_ty)
+        tl.store(mom_ptr + index, g, mask=valid)
+        direction = g.to(COMPUTE)
+    else:
+        direction = grad
+    delta = _clamp(x_adv + alpha * _sign(direction) - x_orig, -eps, eps)
+    out = _clamp(x_orig + delta, lo, hi)
+    tl.store(out_ptr + index, out.to(out_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _l2_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, scale_ptr, factor_ptr, params_ptr, out_ptr,
+               numel, K, COMPUTE: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
+    """out = clamp(x_orig + delta * factor_b, lo, hi), delta as in the delta-squares reduction."""
+    pid = tl.program_id(0)
+    if INDEX_64:
+        pid = pid.to(tl.int64)
+    index = pid * BLOCK + tl.arange(0, BLOCK)
+    valid = index < numel
+    sample = index // K
+    lo = tl.load(params_ptr)
+    hi = tl.load(params_ptr + 1)
+    scale = tl.load(scale_ptr + sample, mask=valid, other=0.0)
+    factor = tl.load(factor_ptr + sample, mask=valid, other=1.0)
+    delta = _l2_delta(x_adv_ptr, grad_ptr, x_orig_ptr, index, valid, scale, COMPUTE)
+    x_orig = tl.load(x_orig_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+    out = _clamp(x_orig + delta * factor, lo, hi)
+    tl.store(out_ptr + index, out.to(out_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit(do_not_specialize=["seed", "offset"])
+def _random_start_kernel(x_ptr, eps_ptr, factor_ptr, params_ptr, out_ptr, numel, K, seed, offset,
+                         L2: tl.constexpr, COMPUTE: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
+    """linf: x + eps_b * (2u - 1) (2u - 1 in float32); l2: x + z * factor_b; then clamp to [lo, hi]."""
+    pid = tl.program_id(0)
+    if INDEX_64:
+        pid = pid.to(tl.int64)
+    start = pid * BLOCK
+    index = start + tl.arange(0, BLOCK)
+    valid = index < numel
+    sample = index // K
+    lo = tl.load(params_ptr)
+    hi = tl.load(params_ptr + 1)
+    x = tl.load(x_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+    if L2:
+        factor = tl.load(factor_ptr + sample, mask=valid, other=0.0)
+        z = normals_block(seed, offset, start, BLOCK).to(COMPUTE)
+        v = x + z * factor
+    else:
+        eps = tl.load(eps_ptr + sample, mask=valid, other=0.0).to(COMPUTE)
+        u = uniforms_block(seed, offset, start, BLOCK)
+        v = x + eps * (2.0 * u - 1.0).to(COMPUTE)
+    tl.store(out_ptr + index, _clamp(v, lo, hi).to(out_ptr.dtype.element_ty), mask=valid)
+
+
+# ----------------------------------------------------------------------------------------- launchers
+
+
+def _check_device(t, name):
+    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"{name} is a CPU tensor: the Triton kernels run on CPU tensors only with "
+                         "TRITON_INTERPRET=1 set before triton is imported")
+
+
+def _floating_dtypes(device):
+    if device.type == "cpu":
+        return (torch.float32, torch.float64)
+    return (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_data(x, name, like=None, like_name=None):
+    """x: a contiguous floating (B, *) tensor; with ``like``: also its shape, dtype and device."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+    _check_device(x, name)
+    if like is None:
+        if x.dim() < 1:
+            raise ValueError(f"{name} must have shape (B, *), got a 0-dim tensor")
+        if x.dtype not in _floating_dtypes(x.device):
+            raise ValueError(f"{name} must have dtype in {_floating_dtypes(x.device)} on {x.device.type}, "
+                             f"got {x.dtype}")
+    else:
+        if x.device != like.device:
+            raise ValueError(f"{name} is on {x.device} but {like_name} is on {like.device}")
+        if x.shape != like.shape:
+            raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(x.shape)}")
+        if x.dtype != like.dtype:
+            raise ValueError(f"{name} must have the dtype of {like_name} ({like.dtype}), got {x.dtype}")
+    if not x.is_contiguous():
+        raise ValueError(f"{name} must be contiguous, got strides {x.stride()} for shape {tuple(x.shape)}")
+
+
+def _check_per_sample(t, name, x):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of shape ({x.shape[0]},), got {type(t).__name__}")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if t.shape != (x.shape[0],) or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous tensor of shape ({x.shape[0]},), got {tuple(t.shape)}")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{name} must be float32 or float64, got {t.dtype}")
+
+
+def _check_norm(norm):
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+
+
+def _check_bounds(lo, hi):
+    if not lo <= hi:
+        raise ValueError(f"lo must be <= hi, got lo={lo}, hi={hi}")
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _params(x, *values):
+    return torch.tensor(values, dtype=_compute_dtype(x.dtype), device=x.device)
+
+
+def _index_64(numel):
+    return numel + _BLOCK_1D >= 2**31
+
+
+def _sample_sums(kind, x, M, K, a, b=None, c=None, scale=None, seed=0, offset=0):
+    """Per-sample sums (float64, shape (M,)) of the KIND of value over the (M, K) view."""
+    align = kind == _NORMAL_SQUARES and K % 4 != 0
+    width = K + 3 if align else K
+    block_k = min(triton.next_power_of_2(width), _TILE)
+    block_m = min(triton.next_power_of_2(M), max(1, _TILE // block_k))
+    grid = (triton.cdiv(M, block_m), triton.cdiv(width, block_k))
+    if grid[1] > 65535:
+        raise ValueError(f"x has {K} elements per sample; the per-sample reductions take at most "
+                         f"{65535 * _TILE - 3}")
+    compute = _compute_dtype(x.dtype)
+    part = torch.empty((M, grid[1]), dtype=compute, device=x.device)
+    b = a if b is None else b
+    c = a if c is None else c
+    scale = part if scale is None else scale
+    _sample_sums_kernel[grid](a, b, c, scale, part, M, K, seed, offset,
+                              KIND=kind, ALIGN=align, COMPUTE=_TL_DTYPES[compute],
+                              BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False)
+    return part.double().sum(1)
+
+
+def pgd_step_fwd(x_adv, grad, x_orig, eps, alpha, norm, lo, hi):
+    """One PGD step: returns the new x_adv, contiguous, in x_adv's shape and dtype."""
+    _check_data(x_adv, "x_adv")
+    _check_data(grad, "grad", x_adv, "x_adv")
+    _check_data(x_orig, "x_orig", x_adv, "x_adv")
+    _check_per_sample(eps, "eps", x_adv)
+    _check_per_sample(alpha, "alpha", x_adv)
+    _check_norm(norm)
+    _check_bounds(lo, hi)
+    out = torch.empty_like(x_adv)
+    numel = x_adv.numel()
+    if numel == 0:
+        return out
+    B = x_adv.shape[0]
+    K = numel // B
+    compute = _compute_dtype(x_adv.dtype)
+    tl_compute = _TL_DTYPES[compute]
+    params = _params(x_adv, lo, hi)
+    grid = (triton.cdiv(numel, _BLOCK_1D),)
+    if norm == "linf":
+        _linf_kernel[grid](x_adv, grad, x_orig, x_adv, eps, alpha, params, params, out, numel, K,
+                           MIM=False, COMPUTE=tl_compute, INDEX_64=_index_64(numel), BLOCK=_BLOCK_1D,
+                           enable_fp_fusion=False)
+        return out
+    grad_norm = _sample_sums(_SQUARES, x_adv, B, K, grad).sqrt()
+    scale = (alpha.double() / grad_norm.clamp_min(1e-12)).to(compute)
+    delta_norm = _sample_sums(_DELTA_SQUARES, x_adv, B, K, x_adv, grad, x_orig, scale).sqrt()
+    factor = torch.where(delta_norm > 0, (eps.double() / delta_norm).clamp_max(1.0),
+                         torch.ones_like(delta_norm)).to(compute)
+    _l2_kernel[grid](x_adv, grad, x_orig, scale, factor, params, out, numel, K,
+                     COMPUTE=tl_compute, INDEX_64=_index_64(numel), BLOCK=_BLOCK_1D, enable_fp_fusion=False)
+    return out
+
+
+def mim_step_fwd(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi):
+    """One MIM step: updates ``momentum`` in place and returns the new x_adv (linf step)."""
+    _check_data(x_adv, "x_adv")
+    _check_data(grad, "grad", x_adv, "x_adv")
+    _check_data(x_orig, "x_orig", x_adv, "x_adv")
+    _check_data(momentum, "momentum", x_adv, "x_adv")
+    _check_per_sample(eps, "eps", x_adv)
+    _check_per_sample(alpha, "alpha", x_adv)
+    _check_bounds(lo, hi)
+    out = torch.empty_like(x_adv)
+    numel = x_adv.numel()
+    if numel == 0:
+        return out
+    B = x_adv.shape[0]
+    K = numel // B
+    compute = _compute_dtype(x_adv.dtype)
+    denom = (_sample_sums(_ABS, x_adv, B, K, grad) / K).clamp_min(1e-12).to(compute)
+    params = _params(x_adv, lo, hi, mu)
+    _linf_kernel[(triton.cdiv(numel, _BLOCK_1D),)](
+        x_adv, grad, x_orig, momentum, eps, alpha, denom, params, out, numel, K,
+        MIM=True, COMPUTE=_TL_DTYPES[compute], INDEX_64=_index_64(numel), BLOCK=_BLOCK_1D,
+        enable_fp_fusion=False)
+    return out
+
+
+def random_start_fwd(x_orig, eps, norm, lo, hi, seed, offset):
+    """A random point of the eps ball ("linf" box or "l2" ball) around x_orig, clamped to [lo, hi]."""
+    _check_data(x_orig, "x_orig")
+    _check_per_sample(eps, "eps", x_orig)
+    _check_norm(norm)
+    _check_bounds(lo, hi)
+    check_seed(seed, offset)
+    out = torch.empty_like(x_orig)
+    numel = x_orig.numel()
+    if numel == 0:
+        return out
+    B = x_orig.shape[0]
+    K = numel // B
+    compute = _compute_dtype(x_orig.dtype)
+    params = _params(x_orig, lo, hi)
+    grid = (triton.cdiv(numel, _BLOCK_1D),)
+    if norm == "linf":
+        _random_start_kernel[grid](x_orig, eps, params, params, out, numel, K, seed, offset,
+                                   L2=False, COMPUTE=_TL_DTYPES[compute], INDEX_64=_index_64(numel),
+                                   BLOCK=_BLOCK_1D, enable_fp_fusion=False)
+        return out
+    radius_offset = offset + (numel + 3) // 4
+    check_seed(seed, radius_offset)
+    v = philox_uniform(seed, radius_offset, B, device=x_orig.device)
+    radius = eps.double() * v.double() ** (1.0 / K)
+    znorm = _sample_sums(_NORMAL_SQUARES, x_orig, B, K, x_orig, seed=seed, offset=offset).sqrt()
+    factor = torch.where(znorm > 0, radius / znorm, torch.zeros_like(znorm)).to(compute)
+    _random_start_kernel[grid](x_orig, eps, factor, params, out, numel, K, seed, offset,
+                               L2=True, COMPUTE=_TL_DTYPES[compute], INDEX_64=_index_64(numel),
+                               BLOCK=_BLOCK_1D, enable_fp_fusion=False)
+    return out

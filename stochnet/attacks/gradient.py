@@ -1,0 +1,99 @@
+"""Gradient-sign attacks: FGSM, BIM, PGD (L-inf and L2, random start, restarts) and MIM."""
+import torch
+
+from .. import functional as F
+from .base import Attack, check_budget, check_count, check_norm
+
+
+class PGD(Attack):
+    """Projected gradient descent (Madry et al.): ``steps`` steps of size ``alpha`` in the
+    ``norm`` ball of radius ``eps`` around x, clipped to ``clip``.
+
+    ``random_start`` starts each run at a uniform point of the ball. With ``restarts=k`` the
+    attack runs k times and keeps for each sample the strongest result: the first run that
+    succeeds (misclassified, or reaching the target), else the one of highest loss. eps and
+    alpha are floats or per-sample (B,) tensors.
+
+    Example::
+
+        atk = PGD(model, eps=8/255, alpha=2/255, steps=10, norm="linf", random_start=True)
+        x_adv = atk(x, y)
+    """
+
+    def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, norm="linf", random_start=True,
+                 restarts=1, clip=(0.0, 1.0), targeted=False):
+        super().__init__(model, clip=clip, targeted=targeted)
+        self.eps = check_budget(eps, "eps")
+        self.alpha = check_budget(alpha, "alpha", allow_zero=False)
+        self.steps = check_count(steps, "steps")
+        self.norm = check_norm(norm)
+        self.random_start = bool(random_start)
+        self.restarts = check_count(restarts, "restarts")
+
+    def perturb(self, x, labels):
+        eps, alpha = self._per_sample(self.eps, x), self._per_sample(self.alpha, x)
+        if self.restarts == 1:
+            return self._run(x, labels, eps, alpha)
+        best = best_loss = best_success = None
+        for _ in range(self.restarts):
+            x_adv = self._run(x, labels, eps, alpha)
+            with torch.no_grad():
+                logits = self.model(x_adv)
+                loss, success = self.loss(logits, labels), self.success(logits, labels)
+            if best is None:
+                best, best_loss, best_success = x_adv, loss, success
+                continue
+            better = ~best_success & (success | (loss > best_loss))
+            best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x_adv, best)
+            best_loss = torch.where(better, loss, best_loss)
+            best_success = best_success | success
+        return best
+
+    def _run(self, x, labels, eps, alpha):
+        x_adv = F.random_start(x, eps, norm=self.norm, clip=self.clip) if self.random_start else x
+        for _ in range(self.steps):
+            grad = self.input_grad(x_adv, labels)
+            x_adv = F.pgd_step(x_adv, grad, x, eps, alpha, norm=self.norm, clip=self.clip)
+        return x_adv
+
+
+class BIM(PGD):
+    """Basic iterative method (Kurakin et al.): L-inf PGD from x itself, no random start."""
+
+    def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, clip=(0.0, 1.0), targeted=False):
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, norm="linf", random_start=False,
+                         clip=clip, targeted=targeted)
+
+
+class FGSM(PGD):
+    """Fast gradient sign method (Goodfellow et al.): one L-inf step of size eps from x."""
+
+    def __init__(self, model, eps=8 / 255, clip=(0.0, 1.0), targeted=False):
+        check_budget(eps, "eps")
+        super().__init__(model, eps=eps, alpha=eps if _positive(eps) else 1.0, steps=1, norm="linf",
+                         random_start=False, clip=clip, targeted=targeted)
+
+
+def _positive(eps):
+    return bool((eps > 0).all()) if isinstance(eps, torch.Tensor) else eps > 0
+
+
+class MIM(PGD):
+    """Momentum iterative method (Dong et al.): L-inf steps along the sign of a momentum of
+    per-sample L1-normalized gradients, ``g <- decay * g + grad / mean|grad|``."""
+
+    def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, decay=1.0, random_start=False,
+                 restarts=1, clip=(0.0, 1.0), targeted=False):
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, norm="linf", random_start=random_start,
+                         restarts=restarts, clip=clip, targeted=targeted)
+        if not decay >= 0:
+            raise ValueError(f"decay must be >= 0, got {decay}")
+        self.decay = float(decay)
+
+    def _run(self, x, labels, eps, alpha):
+        x_adv = F.random_start(x, eps, norm="linf", clip=self.clip) if self.random_start else x
+        momentum = torch.zeros_like(x)
+        for _ in range(self.steps):
+            grad = self.input_grad(x_adv, labels)
+            x_adv = F.mim_step(x_adv, grad, x, momentum, eps, alpha, mu=self.decay, clip=self.clip)
+        return x_adv

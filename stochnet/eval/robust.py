@@ -1,0 +1,72 @@
+"""Robust accuracy and attack success rate of a model under an attack."""
+import math
+
+import torch
+
+
+def _std(values):
+    """Sample standard deviation (n - 1); 0 for a single repeat."""
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def robust_accuracy(model, attack, loader, repeats=1, device=None):
+    """Clean accuracy, adversarial accuracy and attack success rate of ``model`` under ``attack``.
+
+    ``loader`` yields ``(x, y)`` batches with x in [0, 1]. ASR is
+    ``P(f(x_adv) != y | f(x) = y)``: the fraction of the clean-correct samples that the attack
+    turns into errors (nan when no sample is clean-correct). A stochastic model gives different
+    answers on each pass, so the whole evaluation (clean predictions included) runs ``repeats``
+    times; each value is reported as the mean over repeats with its sample std (0 for one repeat).
+    The model is evaluated in eval mode and every submodule's mode is restored afterwards.
+
+    Returns a dict with ``clean_accuracy``, ``adversarial_accuracy``, ``asr``, each with a
+    ``_std`` twin, the per-repeat lists under ``per_repeat``, ``repeats`` and ``num_samples``.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    if getattr(attack, "targeted", False):
+        raise ValueError("attack must be untargeted: robust accuracy and ASR are measured against the true labels")
+    if device is None and isinstance(model, torch.nn.Module):
+        parameter = next(model.parameters(), None)
+        device = parameter.device if parameter is not None else None
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    modes = [m.training for m in modules]
+    results = {"clean_accuracy": [], "adversarial_accuracy": [], "asr": []}
+    num_samples = 0
+    try:
+        for _ in range(repeats):
+            total = clean_correct = adv_correct = flipped = 0
+            for x, y in loader:
+                if device is not None:
+                    x, y = x.to(device), y.to(device)
+                if modules:
+                    model.eval()
+                with torch.no_grad():
+                    clean_ok = model(x).argmax(1) == y
+                x_adv = attack(x, y)
+                with torch.no_grad():
+                    adv_ok = model(x_adv).argmax(1) == y
+                total += y.numel()
+                clean_correct += int(clean_ok.sum())
+                adv_correct += int(adv_ok.sum())
+                flipped += int((clean_ok & ~adv_ok).sum())
+            if total == 0:
+                raise ValueError("loader yielded no samples")
+            num_samples = total
+            results["clean_accuracy"].append(clean_correct / total)
+            results["adversarial_accuracy"].append(adv_correct / total)
+            results["asr"].append(flipped / clean_correct if clean_correct else float("nan"))
+    finally:
+        for module, mode in zip(modules, modes):
+            module.training = mode
+    summary = {}
+    for name, values in results.items():
+        summary[name] = sum(values) / len(values)
+        summary[name + "_std"] = _std(values)
+    summary["per_repeat"] = results
+    summary["repeats"] = repeats
+    summary["num_samples"] = num_samples
+    return summary
