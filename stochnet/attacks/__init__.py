@@ -1,6 +1,10 @@
 """White-box attacks: ``x_adv = Attack(model, ...)(x, y)`` with inputs in [0, 1]."""
 from .base import Attack
+from .cw import CW
+from .deepfool import DeepFool
 from .eot import EOTPGD
 from .gradient import BIM, FGSM, MIM, PGD
+from .boundary import Boundary
+from .transfer import Transfer, transfer_success
 
-__all__ = ["BIM", "EOTPGD", "FGSM", "MIM", "PGD", "Attack"]
+__all__ = ["BIM", "EOTPGD", "FGSM", "MIM", "PGD", "Attack", "CW", "DeepFool", "Boundary", "Transfer", "transfer_success"]
