@@ -21,11 +21,13 @@ bench: run
 
 setup: $(VENV)/.built
 
-$(VENV)/.deps: pyproject.toml
+$(VENV)/.deps: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 numpy scipy mlxtend pytest pytest-benchmark \
-		ninja pybind11 setuptools wheel
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 numpy scipy mlxtend tqdm requests pytest \
+		pytest-benchmark ninja pybind11 setuptools wheel
+	# The reference attack library our attacks are compared with; its pins of tqdm and requests are stale.
+	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)

@@ -13,7 +13,7 @@ import torch
 
 from . import harness
 
-OPS = {"stoc_relu_ema": "bench.stoc_relu_ema", "perturb": "bench.perturb", "pgd": "bench.pgd"}
+OPS = {"stoc_relu_ema": "bench.stoc_relu_ema", "perturb": "bench.perturb", "pgd": "bench.pgd", "attacks": "bench.attacks"}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

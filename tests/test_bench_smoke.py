@@ -140,3 +140,32 @@ def test_perturb_quick_run(tmp_path):
         if case["pass"] == "forward+backward":
             assert rows["fused[cpp]"]["saved_bytes"] == features * size + 2 * 8  # theta and (seed, offset)
             assert rows["eager"]["saved_bytes"] == numel * size  # the noise tensor
+
+
+def test_attacks_quick_run(tmp_path):
+    """The attacks benchmark runs quick: PGD and EOT-PGD, stochnet against the eager loop (and
+    torchattacks when installed), with positive finite times, ratios and images/s."""
+    path = tmp_path / "attacks.json"
+    report, _ = main(["--op", "attacks", "--device", "cpu", "--quick", "--repeats", "1", "--warmup", "0",
+                      "--json", str(path)])
+    stored = json.loads(path.read_text())
+    assert stored == json.loads(json.dumps(report)) and stored["op"] == "attacks" and stored["quick"] is True
+    assert [case["eot_samples"] for case in stored["cases"]] == [1, stored["eot_samples"]]
+    assert stored["eot_samples"] >= 2
+    try:
+        import torchattacks  # noqa: F401
+        expected = {"stochnet", "eager", "torchattacks"}
+    except ImportError:
+        expected = {"stochnet", "eager"}
+        assert len(stored["skipped"]) == 2
+    for case in stored["cases"]:
+        rows = {row["name"]: row for row in case["results"]}
+        assert set(rows) == expected
+        for name, row in rows.items():
+            for field in ("median_s", "min_s", "eager_over_this", "images_per_s"):
+                assert positive_finite(row[field]), (case["title"], name, field, row.get(field))
+            assert row["images_per_s"] == pytest.approx(case["shape"][0] / row["median_s"])
+            assert row["eager_over_this"] == pytest.approx(rows["eager"]["median_s"] / row["median_s"])
+        assert rows["eager"]["eager_over_this"] == pytest.approx(1.0)
+    text = harness.format_report(report)
+    assert text.count("\n== ") == len(stored["cases"]) == 2
