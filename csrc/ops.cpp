@@ -35,6 +35,15 @@ TORCH_LIBRARY(stochnet, m) {
   // from the Philox stream (seed, offset).
   m.def("random_start_fwd(Tensor x_orig, Tensor eps, str norm, float lo, float hi, int seed, "
         "int offset) -> Tensor");
+  // Smoothing: m noisy copies of each sample of a contiguous (B, *) x, out[b*m + j] = x[b] + sigma * z,
+  // output element i (memory order) taking normal i of the stream (seed, offset).
+  m.def("noisy_repeat_fwd(Tensor x, int m, float sigma, int seed, int offset) -> Tensor");
+  // Votes of contiguous (B*m, K) logits read as (B, m, K) -> (B, K): mode "prediction" (int64 argmax
+  // counts, ties and NaN as torch.argmax), "soft" (mean softmax, logits' dtype), "weighted" (2^-rank
+  // for the 32 largest logits of each row; float32, float64 for float64 logits).
+  m.def("vote_fwd(Tensor logits, int m, str mode) -> Tensor");
+  // d logits of the soft vote: p * (grad[b] - <grad[b], p>) / m per row, p the row's softmax.
+  m.def("vote_soft_bwd(Tensor grad, Tensor logits, int m) -> Tensor");
 }
 
 namespace {

@@ -5,6 +5,7 @@ import torch
 
 from .ops import perturb as _perturb
 from .ops import pgd as _pgd
+from .ops import smoothing as _smoothing
 from .ops import stoc_relu_ema as _stoc_relu_ema
 from .ops.philox import draw_seed
 
@@ -101,6 +102,69 @@ def perturb(x, theta, backend=None, philox=None):
     return _perturb.perturb(x, theta, philox, backend)
 
 
+def _check_count(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def noisy_repeat(x, m, sigma, backend=None, philox=None):
+    """``m`` noisy copies of every sample in one pass: (B, *) -> (B*m, *).
+
+    Copy ``j`` of sample ``b`` (row ``b*m + j``) is ``x[b] + sigma * z`` with ``z ~ N(0, 1)``
+    fresh per element from the Philox stream; each input element is read once. Backward:
+    ``dx[b] = sum_j dy[b*m + j]``. No clamping: smoothing adds the noise in input space as
+    Cohen et al. do.
+
+    Args:
+        x: (B, *) input; float32/float64 on CPU, also float16/bfloat16 on GPU; non-contiguous
+            inputs are copied.
+        m: copies per sample, an integer >= 1.
+        sigma: noise std, a finite number >= 0.
+        backend: 'cpp', 'cuda', 'triton', 'torch' or None for the default of x's device.
+        philox: optional int64 (seed, offset) tensor of shape (2,); drawn from torch's default
+            generator when None.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _check_floating(x, "x")
+    if x.dim() < 1 or x.numel() == 0:
+        raise ValueError(f"x must be a non-empty tensor of shape (B, *), got shape {tuple(x.shape)}")
+    _check_count(m, "m")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+    if philox is None:
+        philox = draw_seed()
+    return _smoothing.noisy_repeat(x, m, float(sigma), philox, backend)
+
+
+def vote(logits, m, mode="prediction", backend=None):
+    """The votes of ``m`` copies per sample in one pass: logits (B*m, K) read as (B, m, K) -> (B, K).
+
+    Modes (see :mod:`stochnet.ops.smoothing` for the exact rules):
+
+    - ``"prediction"``: int64 counts of each copy's argmax class (ties as ``torch.argmax``).
+    - ``"soft"``: mean of the copies' softmax, in the logits' dtype; differentiable.
+    - ``"weighted"``: each copy adds ``2 ** -rank`` to the classes of its 32 largest logits by
+      rank (rank 0 the largest); float32 scores (float64 for float64 logits).
+
+    Args:
+        logits: (B*m, K) floating tensor (rows of one sample's copies adjacent, as
+            :func:`noisy_repeat` lays them out).
+        m: copies per sample, an integer >= 1 that divides the number of rows.
+        mode: 'prediction', 'soft' or 'weighted'.
+        backend: 'cpp', 'cuda', 'triton', 'torch' or None for the default of the logits' device.
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    _check_floating(logits, "logits")
+    if logits.dim() != 2 or logits.numel() == 0:
+        raise ValueError(f"logits must be a non-empty (B*m, K) tensor, got shape {tuple(logits.shape)}")
+    _check_count(m, "m")
+    if logits.shape[0] % m:
+        raise ValueError(f"logits has {logits.shape[0]} rows, not divisible by m={m}: rows must be B*m")
+    if mode not in _smoothing.VOTE_MODES:
+        raise ValueError(f"mode must be one of {_smoothing.VOTE_MODES}, got {mode!r}")
+    return _smoothing.vote(logits, m, mode, backend)
 
 
 def _check_pgd_tensor(t, name, like=None, like_name="x_adv"):
@@ -240,4 +304,4 @@ def random_start(x_orig, eps, norm="linf", clip=(0.0, 1.0), backend=None, philox
     return _pgd.random_start(x_orig, eps, norm, lo, hi, philox, backend)
 
 
-__all__ = ["mim_step", "perturb", "pgd_step", "random_start", "stoc_relu_ema"]
+__all__ = ["mim_step", "noisy_repeat", "perturb", "pgd_step", "random_start", "stoc_relu_ema", "vote"]

@@ -50,3 +50,23 @@ def _(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi):
 @torch.library.register_fake("stochnet::random_start_fwd")
 def _(x_orig, eps, norm, lo, hi, seed, offset):
     return torch.empty_like(x_orig, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("stochnet::noisy_repeat_fwd")
+def _(x, m, sigma, seed, offset):
+    return x.new_empty((x.shape[0] * m,) + tuple(x.shape[1:]))
+
+
+@torch.library.register_fake("stochnet::vote_fwd")
+def _(logits, m, mode):
+    shape = (logits.shape[0] // m, logits.shape[1])
+    if mode == "prediction":
+        return logits.new_empty(shape, dtype=torch.int64)
+    if mode == "soft":
+        return logits.new_empty(shape)
+    return logits.new_empty(shape, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
+
+
+@torch.library.register_fake("stochnet::vote_soft_bwd")
+def _(grad, logits, m):
+    return torch.empty_like(logits)
