@@ -13,7 +13,8 @@ import torch
 
 from . import harness
 
-OPS = {"stoc_relu_ema": "bench.stoc_relu_ema", "perturb": "bench.perturb", "pgd": "bench.pgd", "attacks": "bench.attacks"}
+OPS = {"stoc_relu_ema": "bench.stoc_relu_ema", "perturb": "bench.perturb", "pgd": "bench.pgd", "attacks": "bench.attacks",
+       "train_step": "bench.train_step", "smoothing": "bench.smoothing"}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -70,6 +70,11 @@ def _bench_attack(label, model, x, y, steps, eot_samples, device, repeats, warmu
         ours = EOTPGD(model, eps=EPS, alpha=ALPHA, steps=steps, eot_samples=eot_samples, norm="linf",
                       random_start=True)
     functions = {"stochnet": ("fused", lambda: ours(x, y))}
+    if eot_samples > 1:
+        # The same attack with one copy of the batch per pass: the eager loop's pass structure.
+        per_copy = EOTPGD(model, eps=EPS, alpha=ALPHA, steps=steps, eot_samples=eot_samples, norm="linf",
+                          random_start=True, max_batch=x.shape[0])
+        functions["stochnet max_batch=B"] = ("fused", lambda: per_copy(x, y))
 
     def eager():
         model.eval()
@@ -124,8 +129,8 @@ def notes(device, steps, eot_samples, cases):
         "torchattacks_over_this in the JSON likewise",
         f"model: 2 conv layers, GaussianNoise(std {NOISE_STD}) after the first (on in eval mode), random "
         f"weights; eps {EPS:.5f}, alpha {ALPHA:.5f}, {steps} steps, random start; EOT with {eot_samples} samples",
-        "stochnet EOT-PGD: the copies as one batch of eot_samples * B per step; eager and torchattacks: "
-        "eot_samples serial forward/backward passes per step",
+        "stochnet EOT-PGD: the copies as one batch of eot_samples * B per step (stochnet max_batch=B: one "
+        "copy of the batch per pass); eager and torchattacks: eot_samples serial forward/backward passes per step",
         "the fused-op bytes and copy columns are the input batch and its copy, for scale only",
     ]
     if device.type == "cpu":

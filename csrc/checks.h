@@ -5,6 +5,9 @@
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <string>
 
 namespace stochnet {
@@ -112,6 +115,47 @@ inline void check_pgd_step_args(const at::Tensor& x_adv, const at::Tensor& grad,
   check_per_sample(eps, x_adv, "eps");
   check_per_sample(alpha, x_adv, "alpha");
   check_clip(lo, hi);
+}
+
+// Smoothing ops (noisy_repeat_fwd, vote_fwd, vote_soft_bwd). The dtype (and device) rules differ
+// per backend: each passes its own check, or runs it before these.
+
+// noisy_repeat_fwd, after the backend's checks of x (non-empty, batched, dtype, contiguous).
+inline void check_noisy_repeat_copies(const at::Tensor& x, int64_t m, double sigma) {
+  TORCH_CHECK(m >= 1, "m must be >= 1, got ", m);
+  TORCH_CHECK(m <= std::numeric_limits<int64_t>::max() / x.numel(), "m = ", m, " copies of x of shape ", x.sizes(),
+              " overflow the output size");
+  TORCH_CHECK(std::isfinite(sigma) && sigma >= 0, "sigma must be a finite number >= 0, got ", sigma);
+}
+
+// logits (B*m, K) of the vote ops; `check_dtype(logits, "logits")` is the backend's device / dtype check.
+inline void check_logits(const at::Tensor& logits, int64_t m, void (*check_dtype)(const at::Tensor&, const char*)) {
+  TORCH_CHECK(logits.dim() == 2, "logits must have shape (B*m, K), got ", logits.sizes());
+  TORCH_CHECK(logits.numel() > 0, "logits must not be empty, got shape ", logits.sizes());
+  check_dtype(logits, "logits");
+  TORCH_CHECK(logits.is_contiguous(), "logits must be contiguous");
+  TORCH_CHECK(m >= 1, "m must be >= 1, got ", m);
+  TORCH_CHECK(logits.size(0) % m == 0, "logits has ", logits.size(0), " rows, not divisible by m=", m,
+              ": rows must be B*m");
+}
+
+// grad (B, K) of vote_soft_bwd, for logits already checked by check_logits.
+inline void check_soft_grad(const at::Tensor& grad, const at::Tensor& logits, int64_t m) {
+  TORCH_CHECK(grad.device() == logits.device(), "grad is on ", grad.device(), " but logits is on ", logits.device());
+  TORCH_CHECK(grad.scalar_type() == logits.scalar_type(), "grad must have logits' dtype ", logits.scalar_type(),
+              ", got ", grad.scalar_type());
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == logits.size(0) / m && grad.size(1) == logits.size(1),
+              "grad must have shape (", logits.size(0) / m, ", ", logits.size(1), "), got ", grad.sizes());
+  TORCH_CHECK(grad.is_contiguous(), "grad must be contiguous");
+}
+
+enum class VoteMode { kPrediction, kSoft, kWeighted };
+
+inline VoteMode vote_mode(c10::string_view mode) {
+  if (mode == "prediction") return VoteMode::kPrediction;
+  if (mode == "soft") return VoteMode::kSoft;
+  TORCH_CHECK(mode == "weighted", "mode must be 'prediction', 'soft' or 'weighted', got '", std::string(mode), "'");
+  return VoteMode::kWeighted;
 }
 
 }  // namespace stochnet

@@ -24,12 +24,11 @@ row are masked off. Then
 
 Partial sums are in float32 (float64 for float64 grad); torch merges them in float64.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from .checks import check_device, floating_dtypes
 from .philox import check_seed, normals_block, normals_rows
 
 _BLOCK_1D = 2048
@@ -115,32 +114,20 @@ def _reduce_kernel(grad_ptr, part_ptr, M, K, row_steps, seed, offset,
                 tl.store(part_ptr + (pid_m * 4 + s) * width + cols, total)
 
 
-def _check_device(t, name):
-    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"{name} is a CPU tensor: the Triton kernels run on CPU tensors only with "
-                         "TRITON_INTERPRET=1 set before triton is imported")
-
-
-def _floating_dtypes(device):
-    if device.type == "cpu":
-        return (torch.float32, torch.float64)
-    return (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 def _theta_mode(x, theta, x_name):
     """Validate ``x`` / ``theta``; returns (mode, inner, C, F) of the theta mapping."""
-    _check_device(x, x_name)
+    check_device(x, x_name)
     if x.dim() < 2 or x.numel() == 0:
         raise ValueError(f"{x_name} must be a non-empty tensor of shape (N, C, *), got {tuple(x.shape)}")
-    if x.dtype not in _floating_dtypes(x.device):
-        raise ValueError(f"{x_name} must have dtype in {_floating_dtypes(x.device)} on {x.device.type}, "
+    if x.dtype not in floating_dtypes(x.device):
+        raise ValueError(f"{x_name} must have dtype in {floating_dtypes(x.device)} on {x.device.type}, "
                          f"got {x.dtype}")
     if not x.is_contiguous():
         raise ValueError(f"{x_name} must be contiguous, got strides {x.stride()} for shape {tuple(x.shape)}")
     if theta.device != x.device:
         raise ValueError(f"theta is on {theta.device} but {x_name} is on {x.device}")
-    if theta.dtype not in _floating_dtypes(theta.device):
-        raise ValueError(f"theta must have dtype in {_floating_dtypes(theta.device)} on {theta.device.type}, "
+    if theta.dtype not in floating_dtypes(theta.device):
+        raise ValueError(f"theta must have dtype in {floating_dtypes(theta.device)} on {theta.device.type}, "
                          f"got {theta.dtype}")
     if not theta.is_contiguous():
         raise ValueError(f"theta must be contiguous, got strides {theta.stride()}")

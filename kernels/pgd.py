@@ -24,12 +24,11 @@ float32), so float64 data is clamped at the exact bounds.
 
 Every kernel runs with ``enable_fp_fusion=False``, so products are rounded as in torch.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from .checks import check_device, floating_dtypes
 from .philox import (
     check_seed,
     normals_block,
@@ -182,28 +181,16 @@ def _random_start_kernel(x_ptr, eps_ptr, factor_ptr, params_ptr, out_ptr, numel,
 # ----------------------------------------------------------------------------------------- launchers
 
 
-def _check_device(t, name):
-    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"{name} is a CPU tensor: the Triton kernels run on CPU tensors only with "
-                         "TRITON_INTERPRET=1 set before triton is imported")
-
-
-def _floating_dtypes(device):
-    if device.type == "cpu":
-        return (torch.float32, torch.float64)
-    return (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 def _check_data(x, name, like=None, like_name=None):
     """x: a contiguous floating (B, *) tensor; with ``like``: also its shape, dtype and device."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
-    _check_device(x, name)
+    check_device(x, name)
     if like is None:
         if x.dim() < 1:
             raise ValueError(f"{name} must have shape (B, *), got a 0-dim tensor")
-        if x.dtype not in _floating_dtypes(x.device):
-            raise ValueError(f"{name} must have dtype in {_floating_dtypes(x.device)} on {x.device.type}, "
+        if x.dtype not in floating_dtypes(x.device):
+            raise ValueError(f"{name} must have dtype in {floating_dtypes(x.device)} on {x.device.type}, "
                              f"got {x.dtype}")
     else:
         if x.device != like.device:

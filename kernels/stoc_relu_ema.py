@@ -20,12 +20,12 @@ accurate when |mean| >> std). Torch merges the partials per channel in float64 w
 formula and updates ``running_sigma`` after the kernels ran, so the noise uses the old sigma.
 """
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .checks import check_device, floating_dtypes
 from .philox import check_seed, normals_block, normals_rows
 
 # Elements per program (a power of two); rows-layout tiles take at most _ROWS_BLOCK_K channels so
@@ -131,29 +131,17 @@ def _mask_backward_kernel(grad_ptr, mask_ptr, out_ptr, numel, INDEX_64: tl.const
     tl.store(out_ptr + index, tl.where(bits != 0, grad, 0.0), mask=valid)
 
 
-def _check_device(t, name):
-    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"{name} is a CPU tensor: the Triton kernels run on CPU tensors only with "
-                         "TRITON_INTERPRET=1 set before triton is imported")
-
-
 def _check_dense(t, name):
     if not (t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))):
         raise ValueError(f"{name} must be contiguous or channels-last (4-D), got strides {t.stride()}")
 
 
-def _floating_dtypes(device):
-    if device.type == "cpu":
-        return (torch.float32, torch.float64)
-    return (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 def _check_fwd_args(x, running_sigma, gamma, momentum, training):
-    _check_device(x, "x")
+    check_device(x, "x")
     if x.dim() < 2 or x.numel() == 0:
         raise ValueError(f"x must be a non-empty tensor of shape (N, C) or (N, C, *), got {tuple(x.shape)}")
-    if x.dtype not in _floating_dtypes(x.device):
-        raise ValueError(f"x must have dtype in {_floating_dtypes(x.device)} on {x.device.type}, got {x.dtype}")
+    if x.dtype not in floating_dtypes(x.device):
+        raise ValueError(f"x must have dtype in {floating_dtypes(x.device)} on {x.device.type}, got {x.dtype}")
     _check_dense(x, "x")
     if running_sigma.device != x.device:
         raise ValueError(f"running_sigma is on {running_sigma.device} but x is on {x.device}")
@@ -250,7 +238,7 @@ def stoc_relu_ema_fwd(x, running_sigma, gamma, momentum, training, seed, offset)
 
 def relu_mask_backward(grad, mask):
     """``grad`` where the mask bit of its memory position is set, else 0; laid out like ``grad``."""
-    _check_device(grad, "grad")
+    check_device(grad, "grad")
     if grad.numel() == 0:
         raise ValueError("grad must not be empty")
     _check_dense(grad, "grad")

@@ -94,6 +94,9 @@ def test_eot_on_deterministic_model_equals_pgd():
     torch.manual_seed(3)
     b = EOTPGD(model, eps=0.1, alpha=0.01, steps=4, norm="l2", eot_samples=5)(x, y)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.manual_seed(3)
+    chunked = EOTPGD(model, eps=0.1, alpha=0.01, steps=4, norm="l2", eot_samples=5, max_batch=2 * x.shape[0])(x, y)
+    torch.testing.assert_close(a, chunked, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("make", [
@@ -200,6 +203,11 @@ def test_eot_one_forward_per_step_with_eot_times_batch(stochastic_cnn, mnist):
     stochastic_cnn.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     EOTPGD(stochastic_cnn, eps=0.1, alpha=0.02, steps=3, eot_samples=4)(x, y)
     assert calls == [20, 20, 20]
+    calls.clear()
+    EOTPGD(stochastic_cnn, eps=0.1, alpha=0.02, steps=2, eot_samples=5, max_batch=12)(x, y)
+    assert calls == [10, 10, 5] * 2  # two copies of the batch of 5 per pass, then the last copy
+    with pytest.raises(ValueError, match="max_batch"):
+        EOTPGD(stochastic_cnn, max_batch=0)
 
 
 def test_reproducible_under_manual_seed(stochastic_cnn, mnist):

@@ -160,7 +160,7 @@ def test_attacks_quick_run(tmp_path):
         assert len(stored["skipped"]) == 2
     for case in stored["cases"]:
         rows = {row["name"]: row for row in case["results"]}
-        assert set(rows) == expected
+        assert set(rows) == expected | ({"stochnet max_batch=B"} if case["eot_samples"] > 1 else set())
         for name, row in rows.items():
             for field in ("median_s", "min_s", "eager_over_this", "images_per_s"):
                 assert positive_finite(row[field]), (case["title"], name, field, row.get(field))

@@ -12,25 +12,11 @@
 #include <tuple>
 
 #include "checks.h"
+#include "cuda/dtype.h"
 #include "cuda/launchers.h"
 
 namespace stochnet {
 namespace {
-
-gpu::DType gpu_dtype(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return gpu::DType::kFloat32;
-    case at::kDouble:
-      return gpu::DType::kFloat64;
-    case at::kHalf:
-      return gpu::DType::kFloat16;
-    case at::kBFloat16:
-      return gpu::DType::kBFloat16;
-    default:
-      TORCH_CHECK(false, name, " must be float32, float64, float16 or bfloat16 on CUDA, got ", t.scalar_type());
-  }
-}
 
 int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 

@@ -10,25 +10,11 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "cuda/dtype.h"
 #include "cuda/perturb_launchers.h"
 
 namespace stochnet {
 namespace {
-
-gpu::DType perturb_gpu_dtype(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return gpu::DType::kFloat32;
-    case at::kDouble:
-      return gpu::DType::kFloat64;
-    case at::kHalf:
-      return gpu::DType::kFloat16;
-    case at::kBFloat16:
-      return gpu::DType::kBFloat16;
-    default:
-      TORCH_CHECK(false, name, " must be float32, float64, float16 or bfloat16 on CUDA, got ", t.scalar_type());
-  }
-}
 
 // The (channels, inner) view of x in memory order under which element p uses
 // theta[(p / inner) % channels] (see perturb_launchers.h), plus the rest of the launch args.
@@ -36,8 +22,8 @@ gpu::PerturbArgs perturb_args(const at::Tensor& x, const at::Tensor& theta, int6
                               const char* name) {
   check_perturb_args(x, theta, name);
   gpu::PerturbArgs a{};
-  a.dtype = perturb_gpu_dtype(x, name);
-  a.theta_dtype = perturb_gpu_dtype(theta, "theta");
+  a.dtype = gpu_dtype(x, name);
+  a.theta_dtype = gpu_dtype(theta, "theta");
   a.numel = x.numel();
   const int64_t channels = x.size(1), features = a.numel / x.size(0);
   if (theta.numel() == 1) {

@@ -25,6 +25,8 @@
 
 #include <cstdint>
 
+#include "cuda/io.cuh"
+#include "cuda/normals.cuh"
 #include "cuda/perturb_launchers.h"
 #include "philox.h"
 
@@ -41,100 +43,6 @@ constexpr int64_t kMinWidth = 1024;
 constexpr int64_t kMinRowsPerChunk = 32;
 constexpr int64_t kThreadFinalizeMax = 128;  // per-entry partial counts merged by one thread
 constexpr int64_t kMaxGridY = 65535;
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-// Four elements between memory and the compute type: aligned vector accesses in load4 /
-// store4, single elements in load / store. Half and bfloat16 round to nearest even.
-template <typename T>
-struct Io;
-
-template <>
-struct Io<float> {
-  __device__ static void load4(const float* p, float (&v)[4]) {
-    const float4 a = *reinterpret_cast<const float4*>(p);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
-  }
-  __device__ static void store4(float* p, const float (&v)[4]) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-  }
-  __device__ static float load(const float* p) { return *p; }
-  __device__ static void store(float* p, float v) { *p = v; }
-};
-
-template <>
-struct Io<double> {
-  __device__ static void load4(const double* p, double (&v)[4]) {
-    const double2 a = reinterpret_cast<const double2*>(p)[0];
-    const double2 b = reinterpret_cast<const double2*>(p)[1];
-    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
-  }
-  __device__ static void store4(double* p, const double (&v)[4]) {
-    reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
-    reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
-  }
-  __device__ static double load(const double* p) { return *p; }
-  __device__ static void store(double* p, double v) { *p = v; }
-};
-
-template <typename T>
-struct Bits16;
-
-template <>
-struct Bits16<__half> {
-  __device__ static float to_float(uint32_t b) { return __half2float(__ushort_as_half(static_cast<unsigned short>(b))); }
-  __device__ static uint32_t from_float(float v) { return __half_as_ushort(__float2half_rn(v)); }
-};
-
-template <>
-struct Bits16<__nv_bfloat16> {
-  __device__ static float to_float(uint32_t b) {
-    return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(b)));
-  }
-  __device__ static uint32_t from_float(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
-};
-
-// 16-bit types: one uint2 holds four elements, element 2i in the low half of word i.
-template <typename T>
-struct Io16 {
-  __device__ static void load4(const T* p, float (&v)[4]) {
-    const uint2 r = *reinterpret_cast<const uint2*>(p);
-    v[0] = Bits16<T>::to_float(r.x & 0xFFFFu);
-    v[1] = Bits16<T>::to_float(r.x >> 16);
-    v[2] = Bits16<T>::to_float(r.y & 0xFFFFu);
-    v[3] = Bits16<T>::to_float(r.y >> 16);
-  }
-  __device__ static void store4(T* p, const float (&v)[4]) {
-    const uint32_t w0 = Bits16<T>::from_float(v[0]) | (Bits16<T>::from_float(v[1]) << 16);
-    const uint32_t w1 = Bits16<T>::from_float(v[2]) | (Bits16<T>::from_float(v[3]) << 16);
-    *reinterpret_cast<uint2*>(p) = make_uint2(w0, w1);
-  }
-  __device__ static float load(const T* p) { return Bits16<T>::to_float(*reinterpret_cast<const unsigned short*>(p)); }
-  __device__ static void store(T* p, float v) {
-    *reinterpret_cast<unsigned short*>(p) = static_cast<unsigned short>(Bits16<T>::from_float(v));
-  }
-};
-
-template <>
-struct Io<__half> : Io16<__half> {};
-template <>
-struct Io<__nv_bfloat16> : Io16<__nv_bfloat16> {};
-
-// Byte alignment of a four-element vector access of T.
-template <typename T>
-constexpr uintptr_t kVecAlign = 4 * sizeof(T) < 16 ? 4 * sizeof(T) : 16;
-
-template <typename T>
-bool vec_aligned(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % kVecAlign<T> == 0;
-}
 
 // theta (float32 or x's dtype), read and written through its runtime dtype.
 struct ThetaRef {
@@ -172,21 +80,6 @@ struct ThetaRef {
     }
   }
 };
-
-// The four normals of Philox counter `counter`: elements 4 * (counter - offset) + 0..3.
-__device__ void counter_normals(uint64_t seed, uint64_t counter, float (&z)[4]) {
-  const Philox4 a = philox4x32_10(seed, counter);
-  box_muller(a.w[0], a.w[1], z[0], z[1]);
-  box_muller(a.w[2], a.w[3], z[2], z[3]);
-}
-
-// z[i] for a runtime i < 8 without local memory.
-__device__ float pick8(const float (&z)[8], int i) {
-  float v = z[0];
-#pragma unroll
-  for (int k = 1; k < 8; ++k) v = i == k ? z[k] : v;
-  return v;
-}
 
 // Elements p0 + j, j in [lo, hi), of a; the others are zero. vec: the full-unit vector path.
 template <typename T, typename A>
@@ -441,26 +334,6 @@ BwdPlan plan_backward(int64_t numel, int64_t channels, int64_t inner, int sm_cou
 int flat_grid(int64_t work, int sm_count) {
   const int64_t cap = 8 * static_cast<int64_t>(sm_count > 0 ? sm_count : 1);
   return static_cast<int>(clamp64(ceil_div(work, kThreads), 1, cap));
-}
-
-template <typename T>
-struct Tag {
-  using type = T;
-};
-
-template <typename F>
-cudaError_t dispatch(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat64:
-      return f(Tag<double>{});
-    case DType::kFloat16:
-      return f(Tag<__half>{});
-    case DType::kBFloat16:
-      return f(Tag<__nv_bfloat16>{});
-    case DType::kFloat32:
-      return f(Tag<float>{});
-  }
-  return cudaErrorInvalidValue;
 }
 
 bool valid_view(const PerturbArgs& a) {

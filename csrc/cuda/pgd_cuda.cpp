@@ -12,31 +12,17 @@
 #include <cmath>
 
 #include "checks.h"
+#include "cuda/dtype.h"
 #include "cuda/pgd_launchers.h"
 
 namespace stochnet {
 namespace {
 
-gpu::DType pgd_gpu_dtype(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return gpu::DType::kFloat32;
-    case at::kDouble:
-      return gpu::DType::kFloat64;
-    case at::kHalf:
-      return gpu::DType::kFloat16;
-    case at::kBFloat16:
-      return gpu::DType::kBFloat16;
-    default:
-      TORCH_CHECK(false, name, " must be float32, float64, float16 or bfloat16 on CUDA, got ", t.scalar_type());
-  }
-}
-
 // The CUDA-only part of the checks; the rest (shapes, contiguity, devices, eps / alpha, lo < hi,
 // norm) is shared with the CPU implementation in checks.h.
 void check_cuda_input(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.is_cuda(), name, " must be a CUDA tensor, got device ", x.device());
-  pgd_gpu_dtype(x, name);
+  gpu_dtype(x, name);
 }
 
 gpu::DType param_dtype(const at::Tensor& p) {
@@ -45,7 +31,7 @@ gpu::DType param_dtype(const at::Tensor& p) {
 
 gpu::PgdArgs base_args(const at::Tensor& x, const at::Tensor& eps, double lo, double hi) {
   gpu::PgdArgs a{};
-  a.dtype = pgd_gpu_dtype(x, "x");
+  a.dtype = gpu_dtype(x, "x");
   a.batch = x.size(0);
   a.numel = x.numel();
   a.eps_dtype = param_dtype(eps);

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 
+#include "cuda/io.cuh"
 #include "launchers.h"
 #include "philox.h"
 
@@ -42,99 +43,6 @@ constexpr int kFinalizeThreads = 128;
 struct Welford {
   double n, mean, m2;
 };
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-// Eight elements between memory and the compute type: aligned 16-byte accesses in load8 /
-// store8, single elements in load / store. Half and bfloat16 round to nearest even.
-template <typename T>
-struct Io;
-
-template <>
-struct Io<float> {
-  __device__ static void load8(const float* p, float (&v)[8]) {
-    const float4 a = reinterpret_cast<const float4*>(p)[0];
-    const float4 b = reinterpret_cast<const float4*>(p)[1];
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-  }
-  __device__ static void store8(float* p, const float (&v)[8]) {
-    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-  }
-  __device__ static float load(const float* p) { return *p; }
-  __device__ static void store(float* p, float v) { *p = v; }
-};
-
-template <>
-struct Io<double> {
-  __device__ static void load8(const double* p, double (&v)[8]) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const double2 a = reinterpret_cast<const double2*>(p)[i];
-      v[2 * i] = a.x, v[2 * i + 1] = a.y;
-    }
-  }
-  __device__ static void store8(double* p, const double (&v)[8]) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) reinterpret_cast<double2*>(p)[i] = make_double2(v[2 * i], v[2 * i + 1]);
-  }
-  __device__ static double load(const double* p) { return *p; }
-  __device__ static void store(double* p, double v) { *p = v; }
-};
-
-// Bit patterns of the 16-bit types <-> float.
-template <typename T>
-struct Bits16;
-
-template <>
-struct Bits16<__half> {
-  __device__ static float to_float(uint32_t b) { return __half2float(__ushort_as_half(static_cast<unsigned short>(b))); }
-  __device__ static uint32_t from_float(float v) { return __half_as_ushort(__float2half_rn(v)); }
-};
-
-template <>
-struct Bits16<__nv_bfloat16> {
-  __device__ static float to_float(uint32_t b) {
-    return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(b)));
-  }
-  __device__ static uint32_t from_float(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
-};
-
-// 16-bit types: one uint4 holds eight elements, element 2i in the low half of word i.
-template <typename T>
-struct Io16 {
-  __device__ static void load8(const T* p, float (&v)[8]) {
-    const uint4 r = *reinterpret_cast<const uint4*>(p);
-    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      v[2 * i] = Bits16<T>::to_float(w[i] & 0xFFFFu);
-      v[2 * i + 1] = Bits16<T>::to_float(w[i] >> 16);
-    }
-  }
-  __device__ static void store8(T* p, const float (&v)[8]) {
-    uint32_t w[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) w[i] = Bits16<T>::from_float(v[2 * i]) | (Bits16<T>::from_float(v[2 * i + 1]) << 16);
-    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
-  }
-  __device__ static float load(const T* p) { return Bits16<T>::to_float(*reinterpret_cast<const unsigned short*>(p)); }
-  __device__ static void store(T* p, float v) {
-    *reinterpret_cast<unsigned short*>(p) = static_cast<unsigned short>(Bits16<T>::from_float(v));
-  }
-};
-
-template <>
-struct Io<__half> : Io16<__half> {};
-template <>
-struct Io<__nv_bfloat16> : Io16<__nv_bfloat16> {};
 
 // running_sigma, float32 or x's dtype, read and written through its runtime dtype.
 struct SigmaRef {
@@ -617,26 +525,6 @@ cudaError_t launch_forward(const StocReluEmaArgs& a, cudaStream_t stream) {
   update_sigma_kernel<<<static_cast<unsigned>(a.channels), kFinalizeThreads, 0, stream>>>(
       partials, p.per_channel, p.run, p.stride, sigma, a.momentum);
   return cudaGetLastError();
-}
-
-template <typename T>
-struct Tag {
-  using type = T;
-};
-
-template <typename F>
-cudaError_t dispatch(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat64:
-      return f(Tag<double>{});
-    case DType::kFloat16:
-      return f(Tag<__half>{});
-    case DType::kBFloat16:
-      return f(Tag<__nv_bfloat16>{});
-    case DType::kFloat32:
-      return f(Tag<float>{});
-  }
-  return cudaErrorInvalidValue;
 }
 
 }  // namespace

@@ -4,7 +4,8 @@ from .cw import CW
 from .deepfool import DeepFool
 from .eot import EOTPGD
 from .gradient import BIM, FGSM, MIM, PGD
+from .smoothed import EPGD, SmoothPGD
 from .boundary import Boundary
 from .transfer import Transfer, transfer_success
 
-__all__ = ["BIM", "EOTPGD", "FGSM", "MIM", "PGD", "Attack", "CW", "DeepFool", "Boundary", "Transfer", "transfer_success"]
+__all__ = ["BIM", "EOTPGD", "EPGD", "FGSM", "MIM", "PGD", "SmoothPGD", "Attack", "CW", "DeepFool", "Boundary", "Transfer", "transfer_success"]

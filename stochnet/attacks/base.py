@@ -1,4 +1,5 @@
 """The Attack base class: input checks, eval mode handling, targeting, and the input gradient."""
+import abc
 import math
 import numbers
 
@@ -39,7 +40,7 @@ def check_norm(norm):
     return norm
 
 
-class Attack:
+class Attack(abc.ABC):
     """Base of the attacks: ``x_adv = attack(x, y)`` with x in [0, 1] and y integer labels.
 
     During the call the model is in eval mode; the training flag of every submodule is
@@ -92,9 +93,9 @@ class Attack:
                 module.training = mode
         return x_adv.detach()
 
+    @abc.abstractmethod
     def perturb(self, x, labels):
         """Return the adversarial batch; ``labels`` are the targets in targeted mode."""
-        raise NotImplementedError
 
     def _check_inputs(self, x, y):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():

@@ -67,8 +67,8 @@ class Transfer(Attack):
         self.source_attack.set_untargeted()
         return super().set_untargeted()
 
-    def __call__(self, x, y):
-        return self.source_attack(x, y)
+    def perturb(self, x, labels):
+        return self.source_attack.perturb(x, labels)
 
     def evaluate(self, x, y):
         """``(x_adv, report)`` with report = ``transfer_success(target_model, x, x_adv, y)``."""

@@ -17,6 +17,17 @@ _OPTIONS = {
 KINDS = tuple(_OPTIONS)
 
 
+class InjectionSite(nn.Identity):
+    """Marks a place for Learn2Perturb's noise: the identity until ``convert(model, "l2p")``.
+
+    There it becomes a :class:`PerturbationInjection` of the shape of what flows through it.
+    A model with its own blocks (not torchvision's) places these where the noise belongs,
+    for example after its stem and on each block's residual sum; a model that has any
+    InjectionSite gets noise exactly there, and convert's ``(Conv2d, BatchNorm2d)`` rule for
+    ``nn.Sequential`` is then off. It has no parameters, so the model's state dict is unchanged.
+    """
+
+
 class ResidualBlock(nn.Module):
     """A torchvision ``BasicBlock`` / ``Bottleneck`` with an injection point before its final ReLU.
 
@@ -78,9 +89,11 @@ def convert(model, kind, example_input=None, backend=None, **options):
       ``example_input``, required; the student then expects inputs of that resolution).
       In a torchvision ResNet: one after the stem's conv+BN (inserted before ``model.relu``)
       and one per residual block, on the residual sum before the final ReLU (the block
-      becomes a :class:`ResidualBlock`). In other models: one after each ``(nn.Conv2d,
-      nn.BatchNorm2d)`` pair of consecutive children of an ``nn.Sequential`` (torchvision
-      blocks inside them get the residual injection too, and their ``downsample`` pairs none).
+      becomes a :class:`ResidualBlock`). In a model with :class:`InjectionSite` modules: each
+      of them becomes one (torchvision blocks get the residual injection too). In other
+      models: one after each ``(nn.Conv2d, nn.BatchNorm2d)`` pair of consecutive children of
+      an ``nn.Sequential`` (torchvision blocks inside them get the residual injection too, and
+      their ``downsample`` pairs none).
 
     ``backend`` is passed to every noise module. The shape-reading forward pass runs in eval
     mode under ``no_grad`` with torch's RNG state restored afterwards, so converting changes
@@ -211,12 +224,13 @@ def _to_l2p(model, example_input, backend, init, theta_min):
     model = _wrap_blocks(model)
     blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
     stem = isinstance(model, ResNet)
+    marked = [m for m in model.modules() if isinstance(m, InjectionSite)]
     skip = {id(b.downsample) for b in blocks if b.downsample is not None}
-    pairs = [] if stem else _sequential_pairs(model, skip)
-    sites = blocks + [getattr(seq, name) for seq, name in pairs] + ([model.bn1] if stem else [])
+    pairs = [] if stem or marked else _sequential_pairs(model, skip)
+    sites = blocks + marked + [getattr(seq, name) for seq, name in pairs] + ([model.bn1] if stem else [])
     if not sites:
         raise ValueError("convert(model, 'l2p') found no place for a PerturbationInjection: no torchvision "
-                         "ResNet block and no (Conv2d, BatchNorm2d) pair in an nn.Sequential")
+                         "ResNet block, no InjectionSite and no (Conv2d, BatchNorm2d) pair in an nn.Sequential")
     names = _module_names(model)
     outputs = _trace(model, example_input, sites, inputs=False)
 
@@ -231,6 +245,7 @@ def _to_l2p(model, example_input, backend, init, theta_min):
 
     for block in blocks:
         block.noise = injection(block)
+    model = _replace_all(model, {id(site): injection(site) for site in marked})
     for seq, name in pairs:
         children = list(seq.named_children())
         noise = injection(getattr(seq, name))

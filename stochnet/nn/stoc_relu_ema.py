@@ -1,4 +1,5 @@
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .. import functional as F
@@ -36,6 +37,9 @@ class StocReLUEMA(nn.Module):
         # Mirrors num_batches_tracked > 0 as a Python bool: branching on it needs no .item(),
         # so torch.compile traces the module without a graph break.
         self.sigma_initialized = False
+        # Set by sync_stoc_relu: pool the batch statistics over the ranks of a process group.
+        self.sync = False
+        self.process_group = None
 
     def reset_parameters(self):
         self.running_sigma.zero_()
@@ -54,7 +58,52 @@ class StocReLUEMA(nn.Module):
                 momentum = 1.0
                 self.sigma_initialized = True
             self.num_batches_tracked.add_(1)
+            if self.sync:
+                return self._synchronized_forward(x, momentum)
         return F.stoc_relu_ema(x, self.running_sigma, self.gamma, momentum, self.training, self.backend)
+
+    def _synchronized_forward(self, x, momentum):
+        """Training step whose EMA uses the std pooled over every rank's batch, like SyncBatchNorm.
+
+        The call's noise uses sigma from before the update, as in the single-process op, so the
+        fused op runs with ``training=False`` and the update follows.
+        """
+        y = F.stoc_relu_ema(x, self.running_sigma, self.gamma, momentum, False, self.backend)
+        with torch.no_grad():
+            std = pooled_channel_std(x.detach(), self.process_group)
+            self.running_sigma.mul_(1 - momentum).add_(momentum * std.to(self.running_sigma.dtype))
+        return y
 
     def extra_repr(self):
         return f"{self.num_features}, gamma={self.gamma}, momentum={self.momentum}"
+
+
+def pooled_channel_std(x, process_group=None):
+    """Unbiased per-channel std of ``x`` (every dim but 1) over the batches of all ranks of
+    ``process_group`` (the default group when None; this process alone when torch.distributed
+    is not initialized), from float64 per-rank counts, sums and sums of squares. A channel with a
+    single value over all ranks gets std 0 (checking it would cost a device-to-host sync)."""
+    dims = [d for d in range(x.dim()) if d != 1]
+    values = x.double()
+    count = torch.full((x.shape[1],), x.numel() // x.shape[1], dtype=torch.float64, device=x.device)
+    stats = torch.stack([count, values.sum(dims), (values * values).sum(dims)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stats, group=process_group)
+    count, total, total_sq = stats
+    variance = (total_sq - total * total / count) / (count - 1).clamp_min(1)
+    return variance.clamp_min(0).sqrt()
+
+
+def sync_stoc_relu(model, process_group=None):
+    """Make every :class:`StocReLUEMA` of ``model`` pool its batch statistics over the ranks of
+    ``process_group`` (default: the whole world) before its EMA update, as SyncBatchNorm does
+    for BatchNorm; every rank then keeps the same ``running_sigma``. Returns ``model``.
+
+    Each rank still draws its own noise. Outside an initialized process group the pooled
+    statistics are this process's own, so a synchronized model also trains alone.
+    """
+    for module in model.modules():
+        if isinstance(module, StocReLUEMA):
+            module.sync = True
+            module.process_group = process_group
+    return model

@@ -1,0 +1,186 @@
+"""Batched smoothing: m noisy copies of a batch and their vote, the fused ops against the same math
+in eager PyTorch and torch.compile.
+
+Every contender does one smoothing step's work per iteration: build the (B*m, C, H, W) noisy copies
+of x (fresh normal noise of std SIGMA) and reduce a given (B*m, K) logits tensor to the (B, K) vote
+of one mode. The logits are fixed, no model runs: the benchmark times the ops, not a network.
+"""
+import time
+
+import torch
+
+import stochnet
+from stochnet.ops.smoothing import VOTE_MODES, WEIGHTED_RANKS
+
+from . import harness
+
+OP = "smoothing"
+SHAPES = ((128, 3, 32, 32),)
+QUICK_SHAPES = ((4, 3, 6, 6),)
+COPIES, QUICK_COPIES = 64, 4
+CLASSES = 10
+SIGMA = 0.25
+DTYPE = torch.float32
+MIN_SAMPLE_S = 2e-3
+
+
+def eager_noisy_repeat(x, m):
+    """The copies written the usual way in eager PyTorch: what the fused kernel replaces."""
+    copies = x.repeat_interleave(m, dim=0)
+    return copies + SIGMA * torch.randn_like(copies)
+
+
+def eager_vote_prediction(logits, m):
+    """Counts of each copy's argmax class (bincount per sample, as a scatter_add)."""
+    batch, classes = logits.shape[0] // m, logits.shape[1]
+    winners = logits.argmax(1).view(batch, m)
+    counts = torch.zeros(batch, classes, dtype=torch.int64, device=logits.device)
+    return counts.scatter_add_(1, winners, torch.ones_like(winners))
+
+
+def eager_vote_soft(logits, m):
+    return torch.softmax(logits, dim=1).view(-1, m, logits.shape[1]).mean(1)
+
+
+def eager_vote_weighted(logits, m):
+    """2^-rank for the top ranks of each row, from a stable descending sort."""
+    rows, classes = logits.shape
+    ranks = min(classes, WEIGHTED_RANKS)
+    order = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :ranks]
+    weights = torch.pow(2.0, -torch.arange(ranks, dtype=logits.dtype, device=logits.device))
+    scores = torch.zeros_like(logits).scatter_(1, order, weights.expand(rows, ranks))
+    return scores.view(-1, m, classes).sum(1)
+
+
+EAGER_VOTES = {"prediction": eager_vote_prediction, "soft": eager_vote_soft, "weighted": eager_vote_weighted}
+
+
+def eager_smoothing(mode):
+    vote = EAGER_VOTES[mode]
+    return lambda x, logits, m: (eager_noisy_repeat(x, m), vote(logits, m))
+
+
+def fused_smoothing(mode):
+    functional = stochnet.functional
+    return lambda x, logits, m: (functional.noisy_repeat(x, m, SIGMA, backend="cpp"),
+                                 functional.vote(logits, m, mode, backend="cpp"))
+
+
+def _check_same_work(functions, x, logits, m, mode):
+    """Every contender draws noise of std SIGMA around each copy and returns the reference vote."""
+    expected = stochnet.functional.vote(logits, m, mode, backend="torch")
+    copies = x.repeat_interleave(m, dim=0)
+    for name, (_, _, fn) in functions.items():
+        noisy, votes = fn(x, logits, m)
+        scale = ((noisy - copies) / SIGMA).std().item()
+        if noisy.shape != copies.shape or abs(scale - 1) > 0.1:
+            raise AssertionError(f"{name} draws noise of std {scale:.3f} sigma around {tuple(noisy.shape)} "
+                                 f"copies: not the same work")
+        if votes.dtype != expected.dtype or not torch.allclose(votes, expected, rtol=1e-5, atol=1e-6):
+            raise AssertionError(f"{name} does not return the {mode} vote: not the same work")
+
+
+def _compile_warmup(step):
+    """Run a compiled step until it is compiled; the seconds the first call took."""
+    start = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - start
+    step()
+    return seconds
+
+
+def _resident_bytes(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def peak_resident_bytes(fn):
+    """CPU: the peak resident memory above the starting level while ``fn()`` runs (Linux: the
+    high-water mark VmHWM, reset through /proc/self/clear_refs), with the fused ops' output pool
+    emptied first so that its buffers count as the fresh allocations they stand for; None where
+    the kernel does not offer the reset."""
+    torch.ops.stochnet.release_cpu_output_pool()
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        start = _resident_bytes("VmRSS")
+    except OSError:
+        return None
+    fn()
+    return max(0, _resident_bytes("VmHWM") - start)
+
+
+def _bytes(x, logits, m, votes):
+    """Least traffic of the fused ops: read x, write the m copies, read the logits, write the vote."""
+    return x.numel() * x.element_size() * (1 + m) + logits.numel() * logits.element_size() + \
+        votes.numel() * votes.element_size()
+
+
+def _bench_shape(shape, m, device, repeats, warmup, min_sample_s):
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(shape, device=device, dtype=DTYPE, generator=generator)
+    logits = 3 * torch.randn(shape[0] * m, CLASSES, device=device, dtype=DTYPE, generator=generator)
+    cases = []
+    for mode in VOTE_MODES:
+        eager = eager_smoothing(mode)
+        functions = {"fused[cpp]": ("fused", "cpp", fused_smoothing(mode)),
+                     "eager": ("eager", None, eager),
+                     # dynamic=False: one static-shape kernel per shape, as a user's model would get
+                     "compiled": ("compiled", None, torch.compile(eager, dynamic=False))}
+        contenders = []
+        for name, (kind, backend, fn) in functions.items():
+            step = (lambda fn=fn: fn(x, logits, m))
+            extra = {"backend": backend} if backend else {}
+            if kind == "compiled":
+                extra["compile_s"] = _compile_warmup(step)
+            peak = harness.peak_memory_bytes(step, device) if device.type == "cuda" else peak_resident_bytes(step)
+            if peak is not None:
+                extra["peak_bytes"] = peak
+            contenders.append(harness.Contender(name, kind, step, extra))
+        _check_same_work(functions, x, logits, m, mode)
+        votes = stochnet.functional.vote(logits, m, mode, backend="torch")
+        result = harness.compare(contenders, device, nbytes=_bytes(x, logits, m, votes), copy_numel=x.numel() * m,
+                                 copy_dtype=DTYPE, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
+        dtype = str(DTYPE).replace("torch.", "")
+        cases.append({"title": f"noisy_repeat {tuple(shape)} x{m} + vote[{mode}] K={CLASSES} {dtype}",
+                      "shape": list(shape), "copies": m, "classes": CLASSES, "mode": mode, "dtype": dtype,
+                      "sigma": SIGMA, **result})
+    return cases
+
+
+def notes(device):
+    lines = [
+        "times: median over round-robin samples after warm-up; min and IQR beside it; "
+        "torch.compile's compilation is excluded from timing and shown as compile s",
+        "eager/this and compiled/this: that contender's median over this row's (above 1: this row is faster)",
+        "one iteration: m noisy copies of x (fresh noise) and the vote of a fixed (B*m, K) logits tensor; "
+        "GB/s counts the fused ops' least traffic for every row: read x, write the copies, read the logits, "
+        "write the vote",
+        "% copy: GB/s over dst.copy_(src) of a tensor the size of the copies into already-touched memory "
+        "(read+write bytes), timed in the same round-robin",
+    ]
+    if device.type == "cpu":
+        lines.append("peak: resident memory high-water mark above the starting level during one iteration "
+                     "(VmHWM), the fused ops' output pool emptied first; timed iterations reuse the pool's "
+                     "buffers, as repeated smoothing calls do, while eager and compiled allocate their "
+                     "intermediates afresh (DESIGN.md: fresh 32 MB+ allocations page-fault); absolute CPU "
+                     "times are indicative, compare ratios")
+    else:
+        lines.append("peak: CUDA max_memory_allocated above the starting level during one iteration")
+    return lines
+
+
+def run(device, repeats, warmup, quick=False, min_sample_s=MIN_SAMPLE_S):
+    """Benchmark every contender for every vote mode; the report :func:`harness.format_report` prints."""
+    if device.type != "cpu":
+        raise ValueError(f"the {OP} benchmark times the C++ CPU kernels, got device {device}")
+    environment = harness.environment(device)
+    m = QUICK_COPIES if quick else COPIES
+    cases = []
+    for shape in QUICK_SHAPES if quick else SHAPES:
+        cases += _bench_shape(shape, m, device, repeats, warmup, min_sample_s)
+    return {"op": OP, "environment": environment, "repeats": repeats, "warmup": warmup, "quick": quick,
+            "sigma": SIGMA, "skipped": [], "notes": notes(device), "cases": cases}

@@ -1,0 +1,58 @@
+"""Attacks on Gaussian-smoothed classifiers: EPGD and PGD on the soft-smoothed classifier.
+
+Both take the base model and attack its smoothing with noise ``N(0, sigma^2)`` over ``m``
+copies per sample, made by one :func:`stochnet.functional.noisy_repeat` call, so each step
+is one forward and one backward pass of ``B * m`` rows. The noise is fresh at every step.
+"""
+import torch
+
+from .. import functional as F
+from ..smoothing.checks import check_backend, check_sigma
+from .base import check_count
+from .gradient import PGD
+
+
+class _SmoothedPGD(PGD):
+    def __init__(self, model, eps, alpha, steps, sigma, m=8, norm="linf", random_start=True, clip=(0.0, 1.0),
+                 targeted=False, backend=None):
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start,
+                         clip=clip, targeted=targeted)
+        self.sigma = check_sigma(sigma)
+        self.m = check_count(m, "m")
+        self.backend = check_backend(backend)
+
+    def input_grad(self, x_adv, labels):
+        x_adv = x_adv.detach().requires_grad_(True)
+        copies = F.noisy_repeat(x_adv, self.m, self.sigma, backend=self.backend)
+        loss = self.smoothed_loss(self.model(copies), labels).sum()
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        return grad
+
+    def smoothed_loss(self, logits, labels):
+        """Per-sample loss (B,) from the (B*m, K) logits of the copies."""
+        raise NotImplementedError
+
+
+class EPGD(_SmoothedPGD):
+    """Expectation PGD (Smoothed Inference, Nemcovsky et al.): PGD whose gradient is that of
+    the loss averaged over ``m`` noisy copies, each copy's cross-entropy taken separately
+    (the mean of the losses, not the loss of the mean). Other arguments as in :class:`PGD`;
+    ``backend`` selects the noise kernel.
+    """
+
+    def smoothed_loss(self, logits, labels):
+        per_copy = self.loss(logits, labels.repeat_interleave(self.m))
+        return per_copy.view(-1, self.m).mean(1)
+
+
+class SmoothPGD(_SmoothedPGD):
+    """PGD on the soft-smoothed classifier (Salman et al.'s SmoothAdv attack): the loss is the
+    cross-entropy of the log of the mean softmax over ``m`` noisy copies
+    (:func:`stochnet.functional.vote` in ``"soft"`` mode). Other arguments as in :class:`EPGD`.
+    """
+
+    def smoothed_loss(self, logits, labels):
+        mean_softmax = F.vote(logits, self.m, "soft", backend=self.backend)
+        log_probs = torch.log(mean_softmax.clamp_min(torch.finfo(mean_softmax.dtype).tiny))
+        ce = torch.nn.functional.nll_loss(log_probs, labels, reduction="none")
+        return -ce if self.targeted else ce

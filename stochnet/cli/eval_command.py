@@ -1,0 +1,114 @@
+"""``stochnet eval``: clean accuracy, robust accuracy and ASR of trained checkpoints under attacks."""
+import time
+from pathlib import Path
+
+import torch
+
+from .attack_specs import ATTACK_NAMES, AttackSettings, make_attack, parse_attack_names
+from .output import format_table, percent, write_json
+
+
+def add_parser(commands, argv):
+    parser = commands.add_parser(
+        "eval", help="attack trained checkpoints: clean / robust accuracy and ASR",
+        description="Evaluate each checkpoint against each attack: one table row per checkpoint x attack, "
+                    "and OUT/eval.json. Stochastic models are evaluated --repeats times (mean and std).")
+    parser.add_argument("--checkpoint", action="append", required=True, metavar="CKPT",
+                        help="a checkpoint written by 'stochnet train' (repeat to compare several)")
+    parser.add_argument("--attacks", default="fgsm,pgd,eot-pgd",
+                        help=f"comma-separated attacks among {', '.join(ATTACK_NAMES)} (default: fgsm,pgd,eot-pgd)")
+    parser.add_argument("--eps", type=float, default=None,
+                        help="L-inf budget (default: 0.3 on MNIST, 8/255 on CIFAR)")
+    parser.add_argument("--eps-l2", type=float, default=None, help="L2 budget of pgd-l2 (default: 2.0 MNIST, 0.5 CIFAR)")
+    parser.add_argument("--alpha", type=float, default=None, help="step size of the iterative attacks "
+                                                                     "(default: 2.5 * eps / steps)")
+    parser.add_argument("--steps", type=int, default=10, help="steps of bim, pgd, pgd-l2, mim, eot-pgd")
+    parser.add_argument("--eot-samples", type=int, default=10, help="noise draws per eot-pgd gradient on stochastic models (1 on deterministic ones)")
+    parser.add_argument("--cw-steps", type=int, default=100, help="Adam steps per binary-search round of cw")
+    parser.add_argument("--queries", type=int, default=500, help="query budget per sample of boundary")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats for stochastic models (deterministic: 1)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N test images")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--data-dir", default=None, help="data folder (default: the one the model was trained with)")
+    parser.add_argument("--out", default="eval", help="folder of eval.json (default: ./eval)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    return parser
+
+
+def run(args):
+    from ..data import load_data
+    from ..eval import robust_accuracy
+    from ..train import load_checkpoint, model_from_checkpoint
+    from ..train.distributed import choose_device
+
+    names = parse_attack_names(args.attacks)
+    for name in ("steps", "eot_samples", "cw_steps", "queries", "repeats", "batch_size"):
+        _check_positive(args, name)
+    if args.limit is not None:
+        _check_positive(args, "limit")
+    settings = AttackSettings(eps=args.eps, eps_l2=args.eps_l2, alpha=args.alpha, steps=args.steps,
+                              eot_samples=args.eot_samples, cw_steps=args.cw_steps, queries=args.queries)
+    device = choose_device(args.device)
+    states = [(path, load_checkpoint(path)) for path in args.checkpoint]  # every path checked before any work
+    rows = []
+    for path, state in states:
+        run_args = state["args"]
+        model = model_from_checkpoint(state, device)
+        bundle = load_data(run_args["data"], args.data_dir or run_args["data_dir"], augment=False)
+        test = bundle.test if args.limit is None else torch.utils.data.Subset(
+            bundle.test, range(min(args.limit, len(bundle.test))))
+        loader = torch.utils.data.DataLoader(test, batch_size=args.batch_size)
+        stochastic = is_stochastic(model, next(iter(loader))[0].to(device))
+        repeats = args.repeats if stochastic else 1
+        label = checkpoint_label(path, run_args)
+        for name in names:
+            torch.manual_seed(args.seed)
+            attack, eps = make_attack(name, model, run_args["data"], bundle.num_classes, settings, stochastic)
+            start = time.perf_counter()
+            report = robust_accuracy(model, attack, loader, repeats=repeats, device=device)
+            rows.append({"checkpoint": str(path), "label": label, "method": run_args["method"],
+                         "model": run_args["model"], "data": run_args["data"], "stochastic": stochastic,
+                         "attack": name, "eps": eps, "eot_samples": getattr(attack, "eot_samples", None),
+                         "seconds": time.perf_counter() - start, **report})
+            print(f"{label} {name}: done in {rows[-1]['seconds']:.1f}s", flush=True)
+    print(format_table(rows, _COLUMNS))
+    settings_json = {**vars(settings), "limit": args.limit, "seed": args.seed, "repeats": args.repeats}
+    path = write_json(Path(args.out) / "eval.json", {"settings": settings_json, "rows": rows})
+    print(f"wrote {path}")
+    return 0
+
+
+def is_stochastic(model, x):
+    """Whether two eval-mode passes on the same batch disagree: a noisy model is attacked and
+    scored over several repeats, a deterministic one once."""
+    with torch.no_grad():
+        return not torch.equal(model(x), model(x))
+
+
+def checkpoint_label(path, run_args):
+    """A short row label: the run folder's name and what was trained."""
+    return f"{Path(path).resolve().parent.name} ({run_args['method']} {run_args['model']})"
+
+
+def _check_positive(args, name):
+    value = getattr(args, name)
+    if value < 1:
+        raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _mean_std(key):
+    return lambda row: percent(row[key], row[key + "_std"] if row["repeats"] > 1 else None)
+
+
+_COLUMNS = (
+    ("model", lambda row: row["label"]),
+    ("attack", lambda row: row["attack"]),
+    ("eps", lambda row: "-" if row["eps"] is None else f"{row['eps']:.4g}"),
+    ("clean %", _mean_std("clean_accuracy")),
+    ("robust %", _mean_std("adversarial_accuracy")),
+    ("ASR %", _mean_std("asr")),
+    ("repeats", lambda row: str(row["repeats"])),
+    ("images", lambda row: str(row["num_samples"])),
+    ("seconds", lambda row: f"{row['seconds']:.1f}"),
+)

@@ -1,0 +1,63 @@
+"""``stochnet train``: train a model with one of the defenses' methods."""
+from ..data import DATASETS
+from ..defenses import METHODS, parse_options
+from ..models import MODEL_NAMES
+from .options import add_dataclass_options, collect
+
+
+def _method_in(argv):
+    """The value of ``--method`` in argv (either spelling), to add that method's own options."""
+    for i, token in enumerate(argv):
+        if token == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--method="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def add_parser(commands, argv):
+    parser = commands.add_parser(
+        "train", help="train a model with a defense method",
+        description="Train a model; a checkpoint per epoch in --out (resumable with --resume), final test "
+                    "accuracy in OUT/metrics.json. Multi-process: torchrun --nproc_per_node=N -m stochnet "
+                    "train ... Each method has its own options: see 'stochnet train --method M --help'.")
+    parser.add_argument("--method", required=True, choices=sorted(METHODS), help="training method")
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="architecture")
+    parser.add_argument("--data", required=True, choices=DATASETS,
+                        help="dataset; mnist is the built-in 5000-image subset (no download)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder of the CIFAR datasets in torchvision's on-disk format")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--eval-batch-size", type=int, default=256, help="batch size of the final test pass")
+    parser.add_argument("--out", required=True, help="run folder: checkpoint.pt and metrics.json")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-subset", type=int, default=None, metavar="N",
+                        help="train on a fixed random subset of N training images")
+    parser.add_argument("--teacher", default=None, metavar="CKPT",
+                        help="checkpoint of the deterministic teacher (methods that start from one)")
+    parser.add_argument("--width", type=float, default=1.0, help="width multiplier of the CIFAR ResNets")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    method = _method_in(argv)
+    parser.set_defaults(option_names=[])
+    if method in METHODS:
+        names = add_dataclass_options(parser, METHODS[method].Options, f"options of --method {method}")
+        parser.set_defaults(option_names=names)
+    return parser
+
+
+def run(args):
+    from ..train import TrainRun, train
+
+    set_by_user = collect(args, args.option_names)
+    # Stored as the method parses them, so a resumed run compares values, not spellings.
+    parsed = parse_options(METHODS[args.method].Options, set_by_user)
+    options = {name: getattr(parsed, name) for name in set_by_user}
+    run_args = TrainRun(method=args.method, model=args.model, data=args.data, epochs=args.epochs,
+                        batch_size=args.batch_size, out=args.out, data_dir=args.data_dir, seed=args.seed,
+                        train_subset=args.train_subset, teacher=args.teacher, width=args.width,
+                        eval_batch_size=args.eval_batch_size, resume=args.resume, device=args.device,
+                        options=options)
+    train(run_args)
+    return 0

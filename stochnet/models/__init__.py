@@ -1,0 +1,10 @@
+"""The models stochnet trains and attacks, by name; each takes inputs in [0, 1] and normalizes inside."""
+from .basicnet import BasicNet
+from .cifar_resnet import CifarResNet
+from .mnist_cnn import MnistCNN
+from .normalize import Normalize
+from .preact_resnet import PreActBlock, PreActResNet
+from .registry import MODEL_NAMES, build_model
+
+__all__ = ["build_model", "MODEL_NAMES", "Normalize", "CifarResNet", "PreActResNet", "PreActBlock", "BasicNet",
+           "MnistCNN"]

@@ -1,0 +1,228 @@
+"""The training loop: epochs of ``Method.train_step`` over a (seed, epoch)-ordered loader, a checkpoint
+per epoch, exact resume, DistributedDataParallel under ``torchrun``."""
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import load_data
+from ..defenses import build_method
+from ..models import build_model
+from ..nn.stoc_relu_ema import sync_stoc_relu
+from .checkpoint import (CheckpointError, apply_noise_attributes, capture_rng_state, load_checkpoint,
+                         noise_attributes, restore_rng_state, save_checkpoint)
+from .distributed import EpochSampler, barrier, gather_objects, rank_seed, setup_ranks, sum_over_ranks, teardown
+from .progress import EpochProgress
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+# The arguments that define a run: resuming with any of them changed would not continue the same run.
+RUN_DEFINING = ("method", "model", "data", "epochs", "batch_size", "seed", "train_subset", "width", "options")
+
+
+@dataclass
+class TrainRun:
+    """The arguments of one training run (what ``stochnet train`` parses)."""
+
+    method: str
+    model: str
+    data: str
+    epochs: int
+    batch_size: int
+    out: str
+    data_dir: str | None = None
+    seed: int = 0
+    train_subset: int | None = None
+    teacher: str | None = None
+    width: float = 1.0
+    eval_batch_size: int = 256
+    resume: bool = False
+    device: str | None = None
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.train_subset is not None and (not isinstance(self.train_subset, int) or self.train_subset < 1):
+            raise ValueError(f"train_subset must be an integer >= 1, got {self.train_subset!r}")
+        if not self.width > 0:
+            raise ValueError(f"width must be > 0, got {self.width!r}")
+
+
+def train(run, stream=None, on_epoch_end=None):
+    """Train ``run`` (a :class:`TrainRun`); returns the final metrics (also written to
+    ``<out>/metrics.json`` by rank 0).
+
+    Progress and log lines go to ``stream`` (default: stderr). ``on_epoch_end(epoch, summary)``
+    is called after each epoch's checkpoint is written.
+    """
+    stream = sys.stderr if stream is None else stream
+    ranks = setup_ranks(run.device)
+    try:
+        return _train(run, ranks, stream, on_epoch_end)
+    finally:
+        teardown(ranks)
+
+
+def _log(ranks, stream, message):
+    if ranks.is_main:
+        print(message, file=stream, flush=True)
+
+
+def _train(run, ranks, stream, on_epoch_end):
+    out = Path(run.out)
+    checkpoint_path = out / CHECKPOINT
+    resumed = None
+    if run.resume and checkpoint_path.exists():
+        resumed = load_checkpoint(checkpoint_path)
+        _check_same_run(resumed["args"], run)
+    elif run.resume:
+        _log(ranks, stream, f"no checkpoint at {checkpoint_path}: starting afresh")
+    if resumed is not None:
+        # The run's own weights stand in for its teacher's (loaded over them below anyway), so a
+        # resumed run does not need the teacher checkpoint any more.
+        teacher_state = resumed["model"]
+    else:
+        teacher_state = _teacher_state(run) if run.teacher else None
+
+    bundle = load_data(run.data, run.data_dir, augment=True, seed=run.seed)
+    train_set = _subset(bundle.train, run.train_subset, run.seed)
+    sampler = EpochSampler(len(train_set), run.seed, ranks)
+    # Drop a last partial batch: a batch of one has no per-channel statistics.
+    loader = torch.utils.data.DataLoader(train_set, batch_size=run.batch_size, sampler=sampler,
+                                         drop_last=len(sampler) >= run.batch_size)
+    test_loader = torch.utils.data.DataLoader(bundle.test, batch_size=run.eval_batch_size)
+    data_info = {"num_classes": bundle.num_classes, "in_channels": bundle.in_channels,
+                 "image_size": bundle.image_size, "mean": list(bundle.mean), "std": list(bundle.std)}
+
+    torch.manual_seed(run.seed)
+    model = build_model(run.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                        mean=bundle.mean, std=bundle.std, width=run.width).to(ranks.device)
+    example_input = torch.stack([bundle.test[i][0] for i in range(min(2, len(bundle.test)))]).to(ranks.device)
+    method = build_method(run.method, model, dict(run.options), epochs=run.epochs, steps_per_epoch=len(loader),
+                          example_input=example_input, teacher_state=teacher_state)
+    student = method.model
+    start_epoch, history = 0, []
+    if resumed is not None:
+        student.load_state_dict(resumed["model"])
+        apply_noise_attributes(student, resumed["noise"])
+        method.load_state_dict(resumed["method"])
+        start_epoch, history = resumed["epoch"], list(resumed["history"])
+    net = student
+    if ranks.distributed:
+        sync_stoc_relu(student)
+        net = torch.nn.parallel.DistributedDataParallel(
+            student, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None)
+    # After the model is built (and broadcast): every rank its own noise stream.
+    if resumed is not None and len(resumed["rng"]) == ranks.world_size:
+        restore_rng_state(resumed["rng"][ranks.rank])
+    else:
+        if resumed is not None:
+            _log(ranks, stream, f"resuming on {ranks.world_size} process(es) after {len(resumed['rng'])}: "
+                                "random streams are reseeded, the run will not replay exactly")
+        _seed_everything(rank_seed(run.seed + start_epoch, ranks.rank))
+
+    args = {**asdict(run), "data_info": data_info, "steps_per_epoch": len(loader), "world_size": ranks.world_size}
+    if start_epoch:
+        _log(ranks, stream, f"resuming {checkpoint_path} after epoch {start_epoch}/{run.epochs}")
+    started = time.perf_counter()
+    for epoch in range(start_epoch, run.epochs):
+        sampler.set_epoch(epoch)
+        method.on_epoch_start(epoch)
+        net.train()
+        progress = EpochProgress(epoch, run.epochs, len(loader), stream=stream, enabled=ranks.is_main)
+        for x, y in loader:
+            step = method.train_step(net, x.to(ranks.device), y.to(ranks.device))
+            progress.update(step["loss"], step["correct"], step["count"])
+        local = progress.close()
+        method.on_epoch_end(epoch)
+        summary = _pooled_summary(local, ranks)
+        summary["epoch"] = epoch + 1
+        history.append(summary)
+        _log(ranks, stream, f"epoch {epoch + 1}/{run.epochs} done: loss {summary['loss']:.4f} "
+                            f"acc {100 * summary['accuracy']:.2f}% {summary['images_per_s']:.1f} img/s "
+                            f"({summary['seconds']:.1f}s)")
+        rng = gather_objects(capture_rng_state(), ranks)
+        if ranks.is_main:
+            save_checkpoint(checkpoint_path, {"epoch": epoch + 1, "args": args, "model": student.state_dict(),
+                                              "noise": noise_attributes(student), "method": method.state_dict(),
+                                              "rng": rng, "history": history})
+        barrier(ranks)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, summary)
+
+    metrics = None
+    if ranks.is_main:
+        accuracy = evaluate_accuracy(student, test_loader, ranks.device)
+        metrics = {"test_accuracy": accuracy, "epochs": run.epochs, "method": run.method, "model": run.model,
+                   "data": run.data, "train_seconds_this_run": time.perf_counter() - started,
+                   "world_size": ranks.world_size, "history": history, "checkpoint": str(checkpoint_path)}
+        (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+        _log(ranks, stream, f"test accuracy {100 * accuracy:.2f}% on {len(bundle.test)} images; "
+                            f"wrote {out / METRICS}")
+    barrier(ranks)
+    return metrics
+
+
+def evaluate_accuracy(model, loader, device):
+    """Top-1 accuracy of ``model`` in eval mode over ``loader`` (one noise draw for a stochastic model)."""
+    mode = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        with torch.no_grad():
+            for x, y in loader:
+                correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+                total += y.numel()
+    finally:
+        model.train(mode)
+    return correct / max(total, 1)
+
+
+def _pooled_summary(local, ranks):
+    loss_sum, correct, count, seconds = sum_over_ranks(
+        [local["loss"] * local["images"], local["accuracy"] * local["images"], local["images"], local["seconds"]],
+        ranks)
+    seconds /= ranks.world_size
+    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "images": int(count),
+            "seconds": seconds, "images_per_s": count / max(seconds, 1e-9)}
+
+
+def _subset(dataset, size, seed):
+    """A fixed random subset of ``size`` samples (chosen by ``seed``), or the whole dataset."""
+    if size is None or size >= len(dataset):
+        return dataset
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size]
+    return torch.utils.data.Subset(dataset, sorted(chosen.tolist()))
+
+
+def _seed_everything(seed):
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _check_same_run(stored, run):
+    current = asdict(run)
+    changed = [f"{key} ({stored.get(key)!r} -> {current[key]!r})" for key in RUN_DEFINING
+               if stored.get(key) != current[key]]
+    if changed:
+        raise CheckpointError(f"--resume: the checkpoint in {run.out!r} is of another run; changed: {', '.join(changed)}")
+
+
+def _teacher_state(run):
+    """The teacher checkpoint's model weights, after checking its architecture matches ``run``'s."""
+    teacher = load_checkpoint(run.teacher)
+    args = teacher["args"]
+    mismatched = [f"{key} {args.get(key)!r} (this run: {getattr(run, key)!r})" for key in ("model", "data", "width")
+                  if args.get(key) != getattr(run, key)]
+    if mismatched:
+        raise CheckpointError(f"--teacher {run.teacher!r} does not match this run's model: it has {', '.join(mismatched)}")
+    return teacher["model"]

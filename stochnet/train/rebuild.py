@@ -1,0 +1,34 @@
+"""Rebuild the trained model a checkpoint holds, from the run arguments stored in it."""
+import torch
+
+from ..defenses import build_method
+from ..models import build_model
+from .checkpoint import CheckpointError, apply_noise_attributes
+
+
+def model_from_checkpoint(state, device="cpu"):
+    """The model of a loaded checkpoint (``load_checkpoint``), in eval mode on ``device``.
+
+    The architecture is built as training built it: ``build_model`` from the stored model
+    name, width and data shape, then the stored method's own conversion (a stochastic student
+    gets its noise modules); then the weights, buffers and scheduled noise attributes are
+    loaded. A checkpoint whose weights do not fit that architecture raises CheckpointError.
+    """
+    args = state["args"]
+    info = args["data_info"]
+    model = build_model(args["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
+                        mean=info["mean"], std=info["std"], width=args["width"])
+    # Conversion reads only the shapes of a sample batch. The trained weights stand in for a
+    # teacher's: a method that starts from one loads them, and they are loaded again below anyway.
+    example_input = torch.zeros(2, info["in_channels"], info["image_size"], info["image_size"])
+    method = build_method(args["method"], model, dict(args["options"]), epochs=args["epochs"],
+                          steps_per_epoch=args["steps_per_epoch"], example_input=example_input,
+                          teacher_state=state["model"])
+    trained = method.model
+    try:
+        trained.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"the checkpoint's weights do not fit a {args['method']} {args['model']} model: "
+                              f"{str(error).splitlines()[0]}") from error
+    apply_noise_attributes(trained, state["noise"])
+    return trained.to(device).eval()
