@@ -60,7 +60,7 @@ class ResidualBlock(nn.Module):
             if i < self.depth:
                 out = getattr(self, f"relu{i}")(out)
         identity = x if self.downsample is None else self.downsample(x)
-        out = out + identity
+        out += identity  # in place, as torchvision's blocks do: no fresh activation-sized tensor
         if self.noise is not None:
             out = self.noise(out)
         return self.relu_out(out)
