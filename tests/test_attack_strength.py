@@ -9,24 +9,11 @@ from torch import nn
 
 import stochnet
 from stochnet.attacks import BIM, EOTPGD, FGSM, MIM, PGD
-from mnist_models import shuffled_mnist, train_tiny_cnn
 
 torchattacks = pytest.importorskip("torchattacks")
 
 EPS, ALPHA, STEPS = 0.1, 0.025, 10
 L2_EPS, L2_ALPHA = 1.0, 0.25
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    x, y = shuffled_mnist()
-    return (x[:2000], y[:2000]), (x[4000:4200], y[4000:4200])
-
-
-@pytest.fixture(scope="module")
-def cnn(mnist):
-    (x, y), _ = mnist
-    return train_tiny_cnn(x, y, seed=0)
 
 
 def _accuracy(model, x, y, seed=None):

@@ -9,16 +9,13 @@ import pytest
 import torch
 
 from stochnet.attacks import CW, Boundary, DeepFool
-from mnist_models import shuffled_mnist, train_tiny_cnn
 
 torchattacks = pytest.importorskip("torchattacks")
 
 
 @pytest.fixture(scope="module")
-def setup():
-    x, y = shuffled_mnist()
-    cnn = train_tiny_cnn(x[:2000], y[:2000], seed=0)
-    x_test, y_test = x[4000:4100], y[4000:4100]
+def setup(cnn, mnist):
+    x_test, y_test = (t[:100] for t in mnist[1])
     with torch.no_grad():
         correct = cnn(x_test).argmax(1) == y_test
     return cnn, x_test[correct], y_test[correct]

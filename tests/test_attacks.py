@@ -6,23 +6,11 @@ from torch import nn
 
 import stochnet
 from stochnet.attacks import BIM, EOTPGD, FGSM, MIM, PGD
-from mnist_models import TinyCNN, shuffled_mnist, train_tiny_cnn
+from mnist_models import TinyCNN
 
 
 def _view(v, x):
     return v.view(-1, *[1] * (x.dim() - 1)) if isinstance(v, torch.Tensor) else v
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    x, y = shuffled_mnist()
-    return (x[:2000], y[:2000]), (x[4000:4200], y[4000:4200])
-
-
-@pytest.fixture(scope="module")
-def cnn(mnist):
-    (x, y), _ = mnist
-    return train_tiny_cnn(x, y, seed=0)
 
 
 def _accuracy(model, x, y):

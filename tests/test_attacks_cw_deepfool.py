@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from stochnet.attacks import CW, PGD, DeepFool
-from mnist_models import shuffled_mnist, train_tiny_cnn
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -15,18 +14,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    x, y = shuffled_mnist()
-    return (x[:2000], y[:2000]), (x[4000:4200], y[4000:4200])
-
-
-@pytest.fixture(scope="module")
-def cnn(mnist):
-    (x, y), _ = mnist
-    return train_tiny_cnn(x, y, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -7,20 +7,13 @@ import torch
 
 from stochnet.ops import philox
 from stochnet.ops.perturb import reference, reference_theta_grad, theta_view
+from cuda_device import SEEDS, requires_cuda_kernels
 
 
-def _cuda_built():
-    if not torch.cuda.is_available():
-        return False
-    from stochnet import _C
-    return _C.has_cuda()
-
-
-pytestmark = pytest.mark.skipif(not _cuda_built(), reason="needs a CUDA device and stochnet's CUDA kernels")
+pytestmark = requires_cuda_kernels
 
 DEVICE = "cuda"
 OPS = torch.ops.stochnet
-SEEDS = [(0, 0), (123456789, 7), (2**62 + 12345, 2**32 - 3)]  # the last crosses into the counter's high word
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 # y tolerances (rtol, atol per unit of |theta|): the noise matches the reference to a few float32
 # ulp, then half / bfloat16 round the result.

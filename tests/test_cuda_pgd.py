@@ -10,16 +10,10 @@ import pytest
 import torch
 
 from stochnet.ops import philox
+from cuda_device import SEEDS, requires_cuda_kernels
 
 
-def _cuda_built():
-    if not torch.cuda.is_available():
-        return False
-    from stochnet import _C
-    return _C.has_cuda()
-
-
-pytestmark = pytest.mark.skipif(not _cuda_built(), reason="needs a CUDA device and stochnet's CUDA kernels")
+pytestmark = requires_cuda_kernels
 
 DEVICE = "cuda"
 OPS = torch.ops.stochnet
@@ -43,7 +37,6 @@ SHAPES = [
 ]
 LARGE_SHAPES = [(1, 3, 512, 515), (50_001, 3), (64, 3, 64, 64)]
 NORMS = ["linf", "l2"]
-SEEDS = [(0, 0), (123456789, 7), (2**62 + 12345, 2**32 - 3)]  # the last crosses into the counter's high word
 
 
 def _pgd_module():

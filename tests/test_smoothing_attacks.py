@@ -8,21 +8,8 @@ from torch import nn
 from stochnet import functional as F
 from stochnet.attacks import EPGD, SmoothPGD
 from stochnet.smoothing import Smooth
-from mnist_models import shuffled_mnist, train_tiny_cnn
 
 EPS, ALPHA, STEPS, SIGMA, M = 0.1, 0.025, 8, 0.1, 8
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    x, y = shuffled_mnist()
-    return (x[:2000], y[:2000]), (x[4000:4100], y[4000:4100])
-
-
-@pytest.fixture(scope="module")
-def cnn(mnist):
-    (x, y), _ = mnist
-    return train_tiny_cnn(x, y, seed=0)
 
 
 def _smoothed_accuracy(model, x, y, seed=0):
@@ -40,7 +27,7 @@ def _loss_gradient(model, x, y, loss_of_copies, seed):
 
 
 def test_epgd_gradient_averages_the_per_copy_losses(cnn, mnist):
-    _, (x, y) = mnist
+    x, y = (t[:100] for t in mnist[1])
     x, y = x[:6], y[:6]
 
     def mean_of_losses(logits, labels):
@@ -52,7 +39,7 @@ def test_epgd_gradient_averages_the_per_copy_losses(cnn, mnist):
 
 
 def test_smooth_pgd_gradient_is_that_of_the_mean_softmax(cnn, mnist):
-    _, (x, y) = mnist
+    x, y = (t[:100] for t in mnist[1])
     x, y = x[:6], y[:6]
 
     def loss_of_mean(logits, labels):
@@ -70,7 +57,7 @@ def test_smooth_pgd_gradient_is_that_of_the_mean_softmax(cnn, mnist):
 @pytest.mark.parametrize("attack_class", [EPGD, SmoothPGD])
 @pytest.mark.parametrize("norm,eps,alpha", [("linf", EPS, ALPHA), ("l2", 1.5, 0.4)])
 def test_attack_stays_in_ball_and_lowers_smoothed_accuracy(cnn, mnist, attack_class, norm, eps, alpha):
-    _, (x, y) = mnist
+    x, y = (t[:100] for t in mnist[1])
     cnn.train()
     torch.manual_seed(1)
     x_adv = attack_class(cnn, eps, alpha, STEPS, SIGMA, m=M, norm=norm)(x, y)
@@ -86,7 +73,7 @@ def test_attack_stays_in_ball_and_lowers_smoothed_accuracy(cnn, mnist, attack_cl
 
 
 def test_targeted_epgd_moves_towards_the_target(cnn, mnist):
-    _, (x, y) = mnist
+    x, y = (t[:100] for t in mnist[1])
     target = (y + 1) % 10
     torch.manual_seed(2)
     x_adv = EPGD(cnn, 0.2, 0.04, 10, SIGMA, m=M, targeted=True).set_targeted(target)(x, y)

@@ -4,6 +4,8 @@ Both take the base model and attack its smoothing with noise ``N(0, sigma^2)`` o
 copies per sample, made by one :func:`stochnet.functional.noisy_repeat` call, so each step
 is one forward and one backward pass of ``B * m`` rows. The noise is fresh at every step.
 """
+import abc
+
 import torch
 
 from .. import functional as F
@@ -28,9 +30,9 @@ class _SmoothedPGD(PGD):
         (grad,) = torch.autograd.grad(loss, x_adv)
         return grad
 
+    @abc.abstractmethod
     def smoothed_loss(self, logits, labels):
         """Per-sample loss (B,) from the (B*m, K) logits of the copies."""
-        raise NotImplementedError
 
 
 class EPGD(_SmoothedPGD):
