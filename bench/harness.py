@@ -129,6 +129,39 @@ def peak_memory_bytes(fn, device):
     return torch.cuda.max_memory_allocated(device) - base
 
 
+def _resident_bytes(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def peak_resident_bytes(fn):
+    """CPU: the peak resident memory above the starting level while ``fn()`` runs (Linux: the
+    high-water mark VmHWM, reset through /proc/self/clear_refs), with the fused ops' output pool
+    emptied first so that its buffers count as the fresh allocations they stand for; None where
+    the kernel does not offer the reset."""
+    torch.ops.stochnet.release_cpu_output_pool()
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        start = _resident_bytes("VmRSS")
+    except OSError:
+        return None
+    fn()
+    return max(0, _resident_bytes("VmHWM") - start)
+
+
+def compile_warmup(step):
+    """Run a torch.compile'd step until it is compiled; the seconds the first call took."""
+    start = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - start
+    step()
+    return seconds
+
+
 @dataclass
 class Contender:
     """One way of doing a case's work: ``fn()`` is one iteration.

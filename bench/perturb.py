@@ -4,7 +4,6 @@ Every contender does the same work per iteration: draw fresh normal noise and co
 ``y = x + theta * z`` with a learnable theta of the feature-map shape (C, H, W);
 forward+backward also computes ``dx`` and ``dtheta`` for a fixed ``dy``.
 """
-import time
 
 import torch
 
@@ -54,15 +53,6 @@ def _check_same_work(functions, x, theta):
             raise AssertionError(f"{name} does not return dx and dtheta")
 
 
-def _compile_warmup(step):
-    """Run a compiled step until it is compiled; the seconds the first call took."""
-    start = time.perf_counter()
-    step()
-    seconds = time.perf_counter() - start
-    step()
-    return seconds
-
-
 def _bytes(numel, features, element_size):
     """Least traffic of the fused op: forward reads x and theta, writes y; backward reads dy
     and theta and writes dtheta; dx is dy itself (the op returns it as is: no bytes)."""
@@ -84,8 +74,8 @@ def _bench_shape(shape, functions, device, repeats, warmup, min_sample_s):
         extra = {"backend": backend} if backend else {}
         extra_backward = dict(extra)
         if kind == "compiled":
-            extra["compile_s"] = _compile_warmup(step)
-            extra_backward["compile_s"] = _compile_warmup(step_backward)
+            extra["compile_s"] = harness.compile_warmup(step)
+            extra_backward["compile_s"] = harness.compile_warmup(step_backward)
         extra_backward["saved_bytes"] = harness.saved_tensor_bytes(_iteration(fn, x_grad, theta))
         peak = harness.peak_memory_bytes(step_backward, device)
         if peak is not None:

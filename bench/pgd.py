@@ -3,7 +3,6 @@
 Every contender does one attack step's update of ``x_adv`` from a fixed gradient:
 ``clamp(x_orig + clamp(x_adv + alpha * sign(grad) - x_orig, -eps, eps), 0, 1)`` into a new tensor.
 """
-import time
 
 import torch
 
@@ -38,14 +37,6 @@ def _check_same_work(functions, x_adv, grad, x_orig):
             raise AssertionError(f"{name} does not compute the linf PGD step: not the same work")
 
 
-def _compile_warmup(step):
-    start = time.perf_counter()
-    step()
-    seconds = time.perf_counter() - start
-    step()
-    return seconds
-
-
 def _bench_shape(shape, functions, device, repeats, warmup, min_sample_s):
     generator = torch.Generator(device=device).manual_seed(0)
     x_orig = torch.rand(shape, device=device, dtype=DTYPE, generator=generator)
@@ -57,7 +48,7 @@ def _bench_shape(shape, functions, device, repeats, warmup, min_sample_s):
         step = (lambda fn=fn: fn(x_adv, grad, x_orig))
         extra = {"backend": backend} if backend else {}
         if kind == "compiled":
-            extra["compile_s"] = _compile_warmup(step)
+            extra["compile_s"] = harness.compile_warmup(step)
         peak = harness.peak_memory_bytes(step, device)
         if peak is not None:
             extra["peak_bytes"] = peak

@@ -5,7 +5,6 @@ Every contender does one smoothing step's work per iteration: build the (B*m, C,
 of x (fresh normal noise of std SIGMA) and reduce a given (B*m, K) logits tensor to the (B, K) vote
 of one mode. The logits are fixed, no model runs: the benchmark times the ops, not a network.
 """
-import time
 
 import torch
 
@@ -80,39 +79,6 @@ def _check_same_work(functions, x, logits, m, mode):
             raise AssertionError(f"{name} does not return the {mode} vote: not the same work")
 
 
-def _compile_warmup(step):
-    """Run a compiled step until it is compiled; the seconds the first call took."""
-    start = time.perf_counter()
-    step()
-    seconds = time.perf_counter() - start
-    step()
-    return seconds
-
-
-def _resident_bytes(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise OSError(f"no {field} in /proc/self/status")
-
-
-def peak_resident_bytes(fn):
-    """CPU: the peak resident memory above the starting level while ``fn()`` runs (Linux: the
-    high-water mark VmHWM, reset through /proc/self/clear_refs), with the fused ops' output pool
-    emptied first so that its buffers count as the fresh allocations they stand for; None where
-    the kernel does not offer the reset."""
-    torch.ops.stochnet.release_cpu_output_pool()
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        start = _resident_bytes("VmRSS")
-    except OSError:
-        return None
-    fn()
-    return max(0, _resident_bytes("VmHWM") - start)
-
-
 def _bytes(x, logits, m, votes):
     """Least traffic of the fused ops: read x, write the m copies, read the logits, write the vote."""
     return x.numel() * x.element_size() * (1 + m) + logits.numel() * logits.element_size() + \
@@ -135,8 +101,8 @@ def _bench_shape(shape, m, device, repeats, warmup, min_sample_s):
             step = (lambda fn=fn: fn(x, logits, m))
             extra = {"backend": backend} if backend else {}
             if kind == "compiled":
-                extra["compile_s"] = _compile_warmup(step)
-            peak = harness.peak_memory_bytes(step, device) if device.type == "cuda" else peak_resident_bytes(step)
+                extra["compile_s"] = harness.compile_warmup(step)
+            peak = harness.peak_memory_bytes(step, device) if device.type == "cuda" else harness.peak_resident_bytes(step)
             if peak is not None:
                 extra["peak_bytes"] = peak
             contenders.append(harness.Contender(name, kind, step, extra))

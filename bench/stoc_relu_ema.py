@@ -5,7 +5,6 @@ Every contender does the same work per iteration: draw fresh normal noise, compu
 the per-channel std of ``x``; forward+backward also computes ``dx`` for a fixed ``dy``.
 """
 import math
-import time
 
 import torch
 
@@ -85,15 +84,6 @@ def _check_same_work(functions, x):
             raise AssertionError(f"{name} updates running_sigma differently from eager: not the same work")
 
 
-def _compile_warmup(step):
-    """Run a compiled step until it is compiled; the seconds the first call took."""
-    start = time.perf_counter()
-    step()
-    seconds = time.perf_counter() - start
-    step()
-    return seconds
-
-
 def _bytes(numel, element_size):
     """Least traffic of the fused op: forward reads x, writes y and the 1-bit mask;
     backward reads dy and the mask and writes dx."""
@@ -116,8 +106,8 @@ def _bench_shape(shape, functions, device, repeats, warmup, min_sample_s):
         extra = {"backend": backend} if backend else {}
         extra_backward = dict(extra)
         if kind == "compiled":
-            extra["compile_s"] = _compile_warmup(step)
-            extra_backward["compile_s"] = _compile_warmup(step_backward)
+            extra["compile_s"] = harness.compile_warmup(step)
+            extra_backward["compile_s"] = harness.compile_warmup(step_backward)
         extra_backward["saved_bytes"] = harness.saved_tensor_bytes(_iteration(fn, x_grad, sigma))
         peak = harness.peak_memory_bytes(step_backward, device)
         if peak is not None:
