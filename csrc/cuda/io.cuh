@@ -148,6 +148,44 @@ inline bool vec_aligned(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % kVecAlign<T> == 0;
 }
 
+// A small float tensor of runtime dtype (theta, running_sigma: float32 or x's dtype), read and
+// written element by element.
+struct DynamicRef {
+  void* data;
+  DType dtype;
+
+  template <typename A>
+  __device__ A load(int64_t k) const {
+    switch (dtype) {
+      case DType::kFloat64:
+        return static_cast<A>(static_cast<const double*>(data)[k]);
+      case DType::kFloat16:
+        return static_cast<A>(__half2float(static_cast<const __half*>(data)[k]));
+      case DType::kBFloat16:
+        return static_cast<A>(__bfloat162float(static_cast<const __nv_bfloat16*>(data)[k]));
+      default:
+        return static_cast<A>(static_cast<const float*>(data)[k]);
+    }
+  }
+
+  // As torch's .to() / copy_ from float64: half and bfloat16 round through float32.
+  __device__ void store(int64_t k, double v) const {
+    switch (dtype) {
+      case DType::kFloat64:
+        static_cast<double*>(data)[k] = v;
+        break;
+      case DType::kFloat16:
+        static_cast<__half*>(data)[k] = __float2half_rn(static_cast<float>(v));
+        break;
+      case DType::kBFloat16:
+        static_cast<__nv_bfloat16*>(data)[k] = __float2bfloat16_rn(static_cast<float>(v));
+        break;
+      default:
+        static_cast<float*>(data)[k] = static_cast<float>(v);
+    }
+  }
+};
+
 template <typename T>
 struct Tag {
   using type = T;

@@ -44,43 +44,6 @@ constexpr int64_t kMinRowsPerChunk = 32;
 constexpr int64_t kThreadFinalizeMax = 128;  // per-entry partial counts merged by one thread
 constexpr int64_t kMaxGridY = 65535;
 
-// theta (float32 or x's dtype), read and written through its runtime dtype.
-struct ThetaRef {
-  void* data;
-  DType dtype;
-
-  template <typename A>
-  __device__ A load(int64_t k) const {
-    switch (dtype) {
-      case DType::kFloat64:
-        return static_cast<A>(static_cast<const double*>(data)[k]);
-      case DType::kFloat16:
-        return static_cast<A>(__half2float(static_cast<const __half*>(data)[k]));
-      case DType::kBFloat16:
-        return static_cast<A>(__bfloat162float(static_cast<const __nv_bfloat16*>(data)[k]));
-      default:
-        return static_cast<A>(static_cast<const float*>(data)[k]);
-    }
-  }
-
-  // As torch's .to() from float64: half and bfloat16 round through float32.
-  __device__ void store(int64_t k, double v) const {
-    switch (dtype) {
-      case DType::kFloat64:
-        static_cast<double*>(data)[k] = v;
-        break;
-      case DType::kFloat16:
-        static_cast<__half*>(data)[k] = __float2half_rn(static_cast<float>(v));
-        break;
-      case DType::kBFloat16:
-        static_cast<__nv_bfloat16*>(data)[k] = __float2bfloat16_rn(static_cast<float>(v));
-        break;
-      default:
-        static_cast<float*>(data)[k] = static_cast<float>(v);
-    }
-  }
-};
-
 // Elements p0 + j, j in [lo, hi), of a; the others are zero. vec: the full-unit vector path.
 template <typename T, typename A>
 __device__ void load_part(const T* __restrict__ a, int64_t p0, int lo, int hi, bool vec, A (&v)[4]) {
@@ -115,7 +78,7 @@ __device__ A block_sum(A v) {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    perturb_forward_kernel(const T* __restrict__ x, ThetaRef theta, T* __restrict__ y, int64_t numel,
+    perturb_forward_kernel(const T* __restrict__ x, DynamicRef theta, T* __restrict__ y, int64_t numel,
                            int64_t channels, int64_t inner, uint64_t seed, uint64_t offset, bool vec) {
   using A = typename AccOf<T>::type;
   const int64_t units = (numel + kUnit - 1) / kUnit;
@@ -241,7 +204,7 @@ __device__ __forceinline__ int64_t partial_index(int64_t t, int64_t k, int64_t r
 // One block per entry (many partials per entry).
 __global__ void __launch_bounds__(kFinalizeThreads)
     finalize_block_kernel(const double* __restrict__ partials, int64_t per_k, int64_t run, int64_t stride,
-                          ThetaRef out) {
+                          DynamicRef out) {
   const int64_t k = blockIdx.x;
   double s = 0;
   for (int64_t t = threadIdx.x; t < per_k; t += blockDim.x) s += partials[partial_index(t, k, run, stride)];
@@ -252,7 +215,7 @@ __global__ void __launch_bounds__(kFinalizeThreads)
 // One thread per entry (few partials per entry, possibly many entries).
 __global__ void __launch_bounds__(kFinalizeThreads)
     finalize_thread_kernel(const double* __restrict__ partials, int64_t entries, int64_t per_k, int64_t run,
-                           int64_t stride, ThetaRef out) {
+                           int64_t stride, DynamicRef out) {
   const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (k >= entries) return;
   double s = 0;
@@ -348,7 +311,7 @@ cudaError_t perturb_forward(const PerturbArgs& a, const void* x, const void* the
   return dispatch(a.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const bool vec = vec_aligned<T>(x) && vec_aligned<T>(y);
-    const ThetaRef th{const_cast<void*>(theta), a.theta_dtype};
+    const DynamicRef th{const_cast<void*>(theta), a.theta_dtype};
     perturb_forward_kernel<T><<<flat_grid(ceil_div(a.numel, kUnit), a.sm_count), kThreads, 0, stream>>>(
         static_cast<const T*>(x), th, static_cast<T*>(y), a.numel, a.channels, a.inner, a.seed, a.offset, vec);
     return cudaGetLastError();
@@ -384,7 +347,7 @@ cudaError_t perturb_backward(const PerturbArgs& a, const void* grad, void* dthet
     return cudaGetLastError();
   });
   if (err != cudaSuccess) return err;
-  const ThetaRef out{dtheta, a.theta_dtype};
+  const DynamicRef out{dtheta, a.theta_dtype};
   if (p.per_k <= kThreadFinalizeMax) {
     finalize_thread_kernel<<<static_cast<unsigned>(ceil_div(a.channels, kFinalizeThreads)), kFinalizeThreads, 0,
                              stream>>>(partials, a.channels, p.per_k, p.run, p.stride, out);

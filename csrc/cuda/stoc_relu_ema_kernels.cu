@@ -44,43 +44,6 @@ struct Welford {
   double n, mean, m2;
 };
 
-// running_sigma, float32 or x's dtype, read and written through its runtime dtype.
-struct SigmaRef {
-  void* data;
-  DType dtype;
-
-  template <typename A>
-  __device__ A load(int64_t c) const {
-    switch (dtype) {
-      case DType::kFloat64:
-        return static_cast<A>(static_cast<const double*>(data)[c]);
-      case DType::kFloat16:
-        return static_cast<A>(__half2float(static_cast<const __half*>(data)[c]));
-      case DType::kBFloat16:
-        return static_cast<A>(__bfloat162float(static_cast<const __nv_bfloat16*>(data)[c]));
-      default:
-        return static_cast<A>(static_cast<const float*>(data)[c]);
-    }
-  }
-
-  // As torch's copy_ from float64: half and bfloat16 round through float32.
-  __device__ void store(int64_t c, double v) const {
-    switch (dtype) {
-      case DType::kFloat64:
-        static_cast<double*>(data)[c] = v;
-        break;
-      case DType::kFloat16:
-        static_cast<__half*>(data)[c] = __float2half_rn(static_cast<float>(v));
-        break;
-      case DType::kBFloat16:
-        static_cast<__nv_bfloat16*>(data)[c] = __float2bfloat16_rn(static_cast<float>(v));
-        break;
-      default:
-        static_cast<float*>(data)[c] = static_cast<float>(v);
-    }
-  }
-};
-
 // Elements [p0, p0 + valid) of x; the rest of v is zero. vec: x is 16-byte aligned.
 template <typename T, typename A>
 __device__ void load_unit(const T* __restrict__ x, int64_t p0, int valid, bool vec, A (&v)[8]) {
@@ -177,7 +140,7 @@ __device__ Welford block_merge(Welford w) {
 // Eval (and the y / mask half of the columns plan): flat grid-stride over units.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    noisy_relu_kernel(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ mask, SigmaRef sigma,
+    noisy_relu_kernel(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ mask, DynamicRef sigma,
                       double sqrt_gamma, uint64_t seed, uint64_t offset, int64_t numel, int64_t channels,
                       int64_t inner, bool vec) {
   using A = typename AccOf<T>::type;
@@ -209,7 +172,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     noisy_relu_planes_kernel(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ mask,
-                             SigmaRef sigma, double sqrt_gamma, uint64_t seed, uint64_t offset, int64_t numel,
+                             DynamicRef sigma, double sqrt_gamma, uint64_t seed, uint64_t offset, int64_t numel,
                              int64_t channels, int64_t inner, int64_t outer, int64_t units_per_plane,
                              int64_t splits, int64_t items_per_split, bool vec, Welford* __restrict__ partials) {
   using A = typename AccOf<T>::type;
@@ -264,7 +227,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kWarp * kPeriodicRows)
     noisy_relu_periodic_kernel(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ mask,
-                               SigmaRef sigma, double sqrt_gamma, uint64_t seed, uint64_t offset, int64_t numel,
+                               DynamicRef sigma, double sqrt_gamma, uint64_t seed, uint64_t offset, int64_t numel,
                                int64_t channels, int64_t inner, int64_t phases, bool vec,
                                Welford* __restrict__ partials) {
   using A = typename AccOf<T>::type;
@@ -353,7 +316,7 @@ __global__ void __launch_bounds__(kThreads)
 // t < per_channel, and sets sigma[c] = (1 - momentum) * sigma[c] + momentum * std (unbiased).
 __global__ void __launch_bounds__(kFinalizeThreads)
     update_sigma_kernel(const Welford* __restrict__ partials, int64_t per_channel, int64_t run, int64_t stride,
-                        SigmaRef sigma, double momentum) {
+                        DynamicRef sigma, double momentum) {
   const int64_t c = blockIdx.x;
   Welford w{0, 0, 0};
   for (int64_t t = threadIdx.x; t < per_channel; t += blockDim.x) {
@@ -488,7 +451,7 @@ template <typename T>
 cudaError_t launch_forward(const StocReluEmaArgs& a, cudaStream_t stream) {
   const T* x = static_cast<const T*>(a.x);
   T* y = static_cast<T*>(a.y);
-  const SigmaRef sigma{a.sigma, a.sigma_dtype};
+  const DynamicRef sigma{a.sigma, a.sigma_dtype};
   const double sqrt_gamma = sqrt(a.gamma);
   const bool vec = aligned16(a.x) && aligned16(a.y);
   const int64_t units = ceil_div(a.numel, kUnit);
