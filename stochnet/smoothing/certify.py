@@ -2,10 +2,16 @@
 
 Inputs are counts (tensors, arrays or numbers); outputs are float64 numpy arrays.
 """
+import importlib
+
 import numpy as np
-import scipy.stats
 
 from .checks import check_alpha
+
+
+def _stats():
+    """scipy.stats, imported on first use: it takes over a second, too much for ``import stochnet``."""
+    return importlib.import_module("scipy.stats")
 
 def _counts(values, name):
     array = np.asarray(values.cpu() if hasattr(values, "cpu") else values)
@@ -26,7 +32,7 @@ def clopper_pearson_lower(successes, trials, alpha):
     if (n < 1).any() or (k > n).any():
         raise ValueError(f"need 1 <= trials and successes <= trials, got successes={k!r}, trials={n!r}")
     with np.errstate(invalid="ignore"):
-        bound = scipy.stats.beta.ppf(alpha, k, n - k + 1)
+        bound = _stats().beta.ppf(alpha, k, n - k + 1)
     return np.where(k == 0, 0.0, bound)
 
 
@@ -38,10 +44,10 @@ def binomial_p_value(top, runner_up):
     """
     top, runner_up = _counts(top, "top"), _counts(runner_up, "runner_up")
     total = top + runner_up
-    tail = scipy.stats.binom.cdf(np.minimum(top, runner_up), total, 0.5)
+    tail = _stats().binom.cdf(np.minimum(top, runner_up), total, 0.5)
     return np.minimum(1.0, 2.0 * tail)
 
 
 def certified_radius(sigma, p_lower):
     """The certified L2 radius ``sigma * Phi^-1(pA_lower)`` (negative below pA = 1/2)."""
-    return sigma * scipy.stats.norm.ppf(np.asarray(p_lower, dtype=np.float64))
+    return sigma * _stats().norm.ppf(np.asarray(p_lower, dtype=np.float64))
