@@ -17,9 +17,23 @@ def mnist():
 
 
 @pytest.fixture(scope="session")
-def cnn(mnist):
-    """The tiny MNIST CNN trained on ``mnist``'s training images (seed 0), in eval mode; tests
-    that change its modes restore them."""
+def trained_cnn(mnist):
+    """The tiny MNIST CNN trained on ``mnist``'s training images (seed 0), once per run."""
     from mnist_models import train_tiny_cnn
     (x, y), _ = mnist
     return train_tiny_cnn(x, y, seed=0)
+
+
+def _reset(model):
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+
+
+@pytest.fixture
+def cnn(trained_cnn):
+    """``trained_cnn`` for one test: in eval mode and without parameter gradients before and
+    after it, whatever the other tests sharing the model did."""
+    _reset(trained_cnn)
+    yield trained_cnn
+    _reset(trained_cnn)

@@ -14,11 +14,11 @@ torchattacks = pytest.importorskip("torchattacks")
 
 
 @pytest.fixture(scope="module")
-def setup(cnn, mnist):
+def setup(trained_cnn, mnist):
     x_test, y_test = (t[:100] for t in mnist[1])
     with torch.no_grad():
-        correct = cnn(x_test).argmax(1) == y_test
-    return cnn, x_test[correct], y_test[correct]
+        correct = trained_cnn(x_test).argmax(1) == y_test
+    return trained_cnn, x_test[correct], y_test[correct]
 
 
 def _fooled_and_distance(model, x, x_adv, y):

@@ -17,10 +17,10 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def correct(cnn, mnist):
+def correct(trained_cnn, mnist):
     x, y = mnist[1]
     with torch.no_grad():
-        keep = cnn(x).argmax(1) == y
+        keep = trained_cnn(x).argmax(1) == y
     return x[keep][:48], y[keep][:48]
 
 
