@@ -20,6 +20,8 @@ PHILOX = torch.tensor([2**40 + 3, 2**32 - 7])  # the counter crosses 2**32 insid
 LAYOUTS = [
     ((4, 5, 7, 9), "contiguous"),      # planes not a multiple of the vector width
     ((3, 16, 8, 8), "contiguous"),
+    ((3, 4, 3, 3), "contiguous"),      # planes narrower than the vector width
+    ((6, 8, 14, 14), "contiguous"),    # many blocks; vectors straddle planes
     ((2, 3, 5, 6, 2), "contiguous"),   # 5-D
     ((33, 17), "contiguous"),          # (N, C)
     ((1, 1), "eval-only"),             # one element

@@ -32,12 +32,9 @@ inline RawI broadcast(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)
 inline RawI lane_counters(uint32_t lo) {
   return _mm512_add_epi32(broadcast(lo), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
 }
-inline void mulhilo(RawI a, RawI m, RawI& hi, RawI& lo) {
-  const RawI even = _mm512_mul_epu32(a, m);
-  const RawI odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-}
+inline RawI mul_wide(RawI a, RawI m) { return _mm512_mul_epu32(a, m); }
+inline RawI high_half(RawI p) { return _mm512_shuffle_epi32(p, _MM_PERM_CDAB); }
+inline RawI interleave(RawI even, RawI odd) { return _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32)); }
 inline RawI xor3(RawI a, RawI b, RawI c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }
 inline void store_words(uint32_t* out, RawI w) { _mm512_storeu_si512(out, w); }
 inline VecI as_vec(RawI w) { return VecI(w); }
@@ -69,12 +66,9 @@ inline RawI broadcast(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)
 inline RawI lane_counters(uint32_t lo) {
   return _mm256_add_epi32(broadcast(lo), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
-inline void mulhilo(RawI a, RawI m, RawI& hi, RawI& lo) {
-  const RawI even = _mm256_mul_epu32(a, m);
-  const RawI odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-}
+inline RawI mul_wide(RawI a, RawI m) { return _mm256_mul_epu32(a, m); }
+inline RawI high_half(RawI p) { return _mm256_shuffle_epi32(p, 0xB1); }
+inline RawI interleave(RawI even, RawI odd) { return _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA); }
 inline RawI xor3(RawI a, RawI b, RawI c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
 inline void store_words(uint32_t* out, RawI w) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), w); }
 inline VecI as_vec(RawI w) { return VecI(w); }
@@ -112,12 +106,22 @@ inline RawI lane_counters(uint32_t lo) {
   for (int l = 0; l < kLanes; ++l) r.v[l] = lo + static_cast<uint32_t>(l);
   return r;
 }
-inline void mulhilo(RawI a, RawI m, RawI& hi, RawI& lo) {
-  for (int l = 0; l < kLanes; ++l) {
+// The 64-bit lane pieces below, on pairs of 32-bit lanes (low lane first).
+inline RawI mul_wide(RawI a, RawI m) {
+  for (int l = 0; l < kLanes; l += 2) {
     const uint64_t p = static_cast<uint64_t>(a.v[l]) * m.v[l];
-    hi.v[l] = static_cast<uint32_t>(p >> 32);
-    lo.v[l] = static_cast<uint32_t>(p);
+    a.v[l] = static_cast<uint32_t>(p);
+    a.v[l + 1] = static_cast<uint32_t>(p >> 32);
   }
+  return a;
+}
+inline RawI high_half(RawI p) {
+  for (int l = 0; l < kLanes; l += 2) p.v[l] = p.v[l + 1], p.v[l + 1] = 0;
+  return p;
+}
+inline RawI interleave(RawI even, RawI odd) {
+  for (int l = 0; l < kLanes; l += 2) even.v[l + 1] = odd.v[l];
+  return even;
 }
 inline RawI xor3(RawI a, RawI b, RawI c) {
   for (int l = 0; l < kLanes; ++l) a.v[l] ^= b.v[l] ^ c.v[l];
@@ -165,33 +169,41 @@ constexpr int64_t kStreamBytes = 8 << 20;
 constexpr int kGroups = 2;
 
 #define STOCHNET_FOR_GROUPS(g) _Pragma("GCC unroll 4") for (int g = 0; g < kGroups; ++g)
+#define STOCHNET_FOR_HALVES(h) _Pragma("GCC unroll 8") for (int h = 0; h < 2 * kGroups; ++h)
 
 // The four Philox words of counters base + k, k < kGroups * kLanes: w[g][j] lane l is word j
 // of counter base + g * kLanes + l. The counters must not carry across 2**32 (see block_carries).
+//
+// The rounds run in 64-bit lanes: the even counters of a group sit in one vector and the odd
+// ones in another, each word in the low half of a 64-bit lane, so one widening multiply gives
+// a word's product whole (high half = mulhi, low half = the next low word). The high halves
+// of the lanes carry junk that the multiplies ignore; interleave() keeps the low halves.
 inline void philox_lanes(uint64_t seed, uint64_t base, RawI w[kGroups][4]) {
-  RawI c0[kGroups], c1[kGroups], c2[kGroups], c3[kGroups];
-  STOCHNET_FOR_GROUPS(g) {
-    c0[g] = lane_counters(static_cast<uint32_t>(base) + static_cast<uint32_t>(g * kLanes));
-    c1[g] = broadcast(static_cast<uint32_t>(base >> 32));
-    c2[g] = c3[g] = broadcast(0);
+  constexpr int kHalves = 2 * kGroups;  // h = 2g + parity
+  RawI c0[kHalves], c1[kHalves], c2[kHalves], c3[kHalves];
+  STOCHNET_FOR_HALVES(h) {
+    c0[h] = lane_counters(static_cast<uint32_t>(base) + static_cast<uint32_t>((h / 2) * kLanes + h % 2));
+    c1[h] = broadcast(static_cast<uint32_t>(base >> 32));
+    c2[h] = c3[h] = broadcast(0);
   }
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   const RawI round_a = broadcast(kPhiloxRoundA), round_b = broadcast(kPhiloxRoundB);
   for (int r = 0; r < kPhiloxRounds; ++r) {
     const RawI key0 = broadcast(k0), key1 = broadcast(k1);
-    STOCHNET_FOR_GROUPS(g) {
-      RawI hi_b, lo_b, hi_a, lo_a;
-      mulhilo(c2[g], round_b, hi_b, lo_b);
-      mulhilo(c0[g], round_a, hi_a, lo_a);
-      c0[g] = xor3(hi_b, c1[g], key0);
-      c2[g] = xor3(hi_a, c3[g], key1);
-      c1[g] = lo_b;
-      c3[g] = lo_a;
+    STOCHNET_FOR_HALVES(h) {
+      const RawI product_b = mul_wide(c2[h], round_b), product_a = mul_wide(c0[h], round_a);
+      c0[h] = xor3(high_half(product_b), c1[h], key0);
+      c2[h] = xor3(high_half(product_a), c3[h], key1);
+      c1[h] = product_b;
+      c3[h] = product_a;
     }
     k0 += kPhiloxKeyA;
     k1 += kPhiloxKeyB;
   }
-  STOCHNET_FOR_GROUPS(g) { w[g][0] = c0[g], w[g][1] = c1[g], w[g][2] = c2[g], w[g][3] = c3[g]; }
+  STOCHNET_FOR_GROUPS(g) {
+    w[g][0] = interleave(c0[2 * g], c0[2 * g + 1]), w[g][1] = interleave(c1[2 * g], c1[2 * g + 1]);
+    w[g][2] = interleave(c2[2 * g], c2[2 * g + 1]), w[g][3] = interleave(c3[2 * g], c3[2 * g + 1]);
+  }
 }
 
 constexpr int kCounters = kGroups * kLanes;  // Philox counters per block
@@ -258,7 +270,7 @@ inline void sincos_0_2pi(const VecF x[kGroups], VecF s[kGroups], VecF c[kGroups]
 inline void box_muller(const RawI w0[kGroups], const RawI w1[kGroups], VecF n0[kGroups], VecF n1[kGroups]) {
   VecF r[kGroups], th[kGroups], s[kGroups], c[kGroups];
   STOCHNET_FOR_GROUPS(g) {
-    r[g] = at::vec::maximum(uniform(as_vec(w0[g])), VecF(kMinUniform));
+    r[g] = at::vec::clamp_min(uniform(as_vec(w0[g])), VecF(kMinUniform));  // never NaN
     th[g] = VecF(kTwoPi) * uniform(as_vec(w1[g]));
   }
   log_positive(r);
@@ -312,5 +324,6 @@ inline void word_block(uint64_t seed, uint64_t base, void* out) {
 }
 
 #undef STOCHNET_FOR_GROUPS
+#undef STOCHNET_FOR_HALVES
 
 }  // namespace stochnet::cpu

@@ -4,8 +4,9 @@
 // Work is split into blocks of kBlock elements aligned in memory order, so a block's
 // normals come from one normal_block() call and its mask bytes belong to one thread.
 // Statistics are sums of d = x - K_c, K_c the first value of channel c (numerically sound
-// while K_c lies within a few std of the mean), in x's precision over at most one block
-// (planar) or kFlushBlocks blocks (rows), and in double beyond.
+// while K_c lies within a few std of the mean), in x's precision over at most kFlushBlocks
+// blocks (float: per vector lane; float64 and planes narrower than a vector: per plane run),
+// and in double beyond.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -93,7 +94,8 @@ inline void vector_step(const float* x, float* y, const float* z, const VecF& sc
   }
 }
 
-// Elements [start, start + n) of one (n, c) plane, at position `bit` of their block.
+// Elements [start, start + n) of one (n, c) plane, at position `bit` of their block, one at a
+// time: float64, and float planes narrower than a vector.
 template <typename scalar_t, bool kTraining>
 void planar_run(const ForwardArgs<scalar_t>& a, int64_t start, int64_t n, int64_t channel, const float* z,
                 int bit, uint8_t* bits, ChannelSums<scalar_t>& sums) {
@@ -101,23 +103,79 @@ void planar_run(const ForwardArgs<scalar_t>& a, int64_t start, int64_t n, int64_
   scalar_t* y = a.y + start;
   const scalar_t scale = a.scale[channel], shift = a.shift[channel];
   scalar_t sum = 0, sum_sq = 0;
-  int64_t i = 0;
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    for (; i < n && (bit + i) % kLanes != 0; ++i)
-      scalar_step<float, kTraining>(x[i], y[i], z[i], scale, shift, bits, bit + i, sum, sum_sq);
-    VecF vsum(0.0f), vsum_sq(0.0f);
-    for (; i + kLanes <= n; i += kLanes)
-      vector_step<kTraining>(x + i, y + i, z + i, VecF(scale), VecF(shift), bits, bit + i, a.stream, vsum,
-                             vsum_sq);
-    if constexpr (kTraining) {
-      sum += at::vec::vec_reduce_all<float>(std::plus<VecF>(), vsum);
-      sum_sq += at::vec::vec_reduce_all<float>(std::plus<VecF>(), vsum_sq);
-    }
-  }
-  for (; i < n; ++i) scalar_step<scalar_t, kTraining>(x[i], y[i], z[i], scale, shift, bits, bit + i, sum, sum_sq);
+  for (int64_t i = 0; i < n; ++i)
+    scalar_step<scalar_t, kTraining>(x[i], y[i], z[i], scale, shift, bits, bit + i, sum, sum_sq);
   if constexpr (kTraining) {
     sums.total[2 * channel] += sum;
     sums.total[2 * channel + 1] += sum_sq;
+  }
+}
+
+// Float planes of at least kLanes elements, a vector at a time: the shifted sums of the current
+// channel stay in vector accumulators across vectors and blocks, and reach the channel's double
+// totals when the channel changes or every kFlushBlocks blocks.
+struct PlaneCursor {
+  int64_t plane, plane_end;  // the plane of the next element, and where it ends
+  int64_t channel = -1;      // the channel the accumulators hold
+  VecF sum{0.0f}, sum_sq{0.0f};
+
+  void flush(double* total) {
+    if (channel < 0) return;
+    total[2 * channel] += at::vec::vec_reduce_all<float>(std::plus<VecF>(), sum);
+    total[2 * channel + 1] += at::vec::vec_reduce_all<float>(std::plus<VecF>(), sum_sq);
+    sum = sum_sq = VecF(0.0f);
+  }
+  // Points the accumulators at channel c.
+  void select(int64_t c, double* total) {
+    if (c == channel) return;
+    flush(total);
+    channel = c;
+  }
+};
+
+// Block [begin, end) of a planar float tensor with a.inner >= kLanes. A vector that straddles
+// two planes takes each lane's channel scale and shift, and splits its sums between the two.
+template <bool kTraining>
+void planar_vector_block(const ForwardArgs<float>& a, int64_t begin, int64_t end, const float* z, uint8_t* bits,
+                         PlaneCursor& cur, double* total) {
+  const VecF zero(0.0f), lane = VecF::arange(0.0f, 1.0f);
+  int64_t e = begin;
+  for (; e + kLanes <= end; e += kLanes) {
+    const int bit = static_cast<int>(e - begin);
+    const int64_t c = cur.plane % a.channels;
+    if (e + kLanes <= cur.plane_end) {
+      if constexpr (kTraining) cur.select(c, total);
+      vector_step<kTraining>(a.x + e, a.y + e, z + bit, VecF(a.scale[c]), VecF(a.shift[c]), bits, bit, a.stream,
+                             cur.sum, cur.sum_sq);
+      if (e + kLanes == cur.plane_end) ++cur.plane, cur.plane_end += a.inner;
+      continue;
+    }
+    const int64_t next = (cur.plane + 1) % a.channels;
+    const VecF in_next = lane >= VecF(static_cast<float>(cur.plane_end - e));
+    const VecF scale = VecF::blendv(VecF(a.scale[c]), VecF(a.scale[next]), in_next);
+    const VecF shift = VecF::blendv(VecF(a.shift[c]), VecF(a.shift[next]), in_next);
+    VecF s(0.0f), s2(0.0f);
+    vector_step<kTraining>(a.x + e, a.y + e, z + bit, scale, shift, bits, bit, a.stream, s, s2);
+    if constexpr (kTraining) {
+      cur.select(c, total);
+      cur.sum = cur.sum + VecF::blendv(s, zero, in_next);
+      cur.sum_sq = cur.sum_sq + VecF::blendv(s2, zero, in_next);
+      cur.select(next, total);
+      cur.sum = cur.sum + VecF::blendv(zero, s, in_next);
+      cur.sum_sq = cur.sum_sq + VecF::blendv(zero, s2, in_next);
+    }
+    ++cur.plane, cur.plane_end += a.inner;
+  }
+  for (; e < end; ++e) {  // the tensor's last elements
+    const int64_t c = cur.plane % a.channels;
+    float sum = 0, sum_sq = 0;
+    scalar_step<float, kTraining>(a.x[e], a.y[e], z[e - begin], a.scale[c], a.shift[c], bits,
+                                  static_cast<int>(e - begin), sum, sum_sq);
+    if constexpr (kTraining) {
+      total[2 * c] += sum;
+      total[2 * c + 1] += sum_sq;
+    }
+    if (e + 1 == cur.plane_end) ++cur.plane, cur.plane_end += a.inner;
   }
 }
 
@@ -160,14 +218,25 @@ void forward_blocks(const ForwardArgs<scalar_t>& a, Layout layout, int64_t first
                     ChannelSums<scalar_t>& sums) {
   alignas(64) float z[kBlock];
   uint8_t bits[kBlock / 8];
+  constexpr bool kFloat = std::is_same_v<scalar_t, float>;
+  const bool vector_planes = kFloat && layout == Layout::kPlanar && a.inner >= kLanes;
+  PlaneCursor cur{0, 0};
+  if (vector_planes) cur.plane = first * kBlock / a.inner, cur.plane_end = (cur.plane + 1) * a.inner;
   for (int64_t block = first; block < last; ++block) {
     const int64_t begin = block * kBlock, end = std::min(begin + kBlock, a.numel);
     normal_block(a.seed, a.offset + static_cast<uint64_t>(begin / 4), z);
     std::memset(bits, 0, sizeof(bits));
+    const bool flush = kTraining && (block - first + 1) % kFlushBlocks == 0;
+    if constexpr (kFloat) {
+      if (vector_planes) {
+        planar_vector_block<kTraining>(a, begin, end, z, bits, cur, sums.total);
+        if (flush) cur.flush(sums.total);
+      }
+    }
     if (layout == Layout::kRows) {
       rows_run<scalar_t, kTraining>(a, begin, end - begin, z, 0, bits, sums);
-      if (kTraining && (block - first + 1) % kFlushBlocks == 0) sums.flush(a.channels);
-    } else {
+      if (flush) sums.flush(a.channels);
+    } else if (!vector_planes) {
       for (int64_t e = begin; e < end;) {
         const int64_t plane = e / a.inner;
         const int64_t run_end = std::min((plane + 1) * a.inner, end);
@@ -179,6 +248,7 @@ void forward_blocks(const ForwardArgs<scalar_t>& a, Layout layout, int64_t first
     std::memcpy(a.mask + begin / 8, bits, static_cast<size_t>((end - begin + 7) / 8));
   }
   if (kTraining && layout == Layout::kRows) sums.flush(a.channels);
+  if (kTraining && vector_planes) cur.flush(sums.total);
   if (a.stream) stream_fence();
 }
 
