@@ -40,6 +40,8 @@ CASES = [
     ("pgd_l2_no_random_start", lambda m: PGD(m, eps=L2_EPS, alpha=L2_ALPHA, steps=STEPS, norm="l2",
                                               random_start=False),
      lambda m: torchattacks.PGDL2(m, eps=L2_EPS, alpha=L2_ALPHA, steps=STEPS, random_start=False), False),
+    ("pgd_l2", lambda m: PGD(m, eps=L2_EPS, alpha=L2_ALPHA, steps=STEPS, norm="l2", random_start=True),
+     lambda m: torchattacks.PGDL2(m, eps=L2_EPS, alpha=L2_ALPHA, steps=STEPS, random_start=True), True),
     ("mim", lambda m: MIM(m, eps=EPS, alpha=ALPHA, steps=STEPS, decay=1.0),
      lambda m: torchattacks.MIFGSM(m, eps=EPS, alpha=ALPHA, steps=STEPS, decay=1.0), False),
 ]

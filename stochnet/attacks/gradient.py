@@ -9,7 +9,7 @@ class PGD(Attack):
     """Projected gradient descent (Madry et al.): ``steps`` steps of size ``alpha`` in the
     ``norm`` ball of radius ``eps`` around x, clipped to ``clip``.
 
-    ``random_start`` starts each run at a uniform point of the ball. With ``restarts=k`` the
+    ``random_start`` starts each run at a random point of the ball (see :meth:`start`). With ``restarts=k`` the
     attack runs k times and keeps for each sample the strongest result: the first run that
     succeeds (misclassified, or reaching the target), else the one of highest loss. eps and
     alpha are floats or per-sample (B,) tensors.
@@ -49,8 +49,22 @@ class PGD(Attack):
             best_success = best_success | success
         return best
 
+    def start(self, x, eps):
+        """The first iterate of a run: x itself without ``random_start``. L-inf: a uniform point
+        of the eps box. L2: the radius is drawn uniform in [0, eps] per sample, as in torchattacks'
+        PGDL2, then the point is uniform in the ball of that radius (so its norm is that radius up to
+        a factor ``v ** (1 / d)``, close to 1). A point uniform in the eps ball itself would almost
+        surely lie on its surface in image dimensions; on the MNIST CNN of the tests such starts
+        left 2-4 of 200 more samples correct than torchattacks' PGDL2. Both use the fused
+        :func:`stochnet.functional.random_start`."""
+        if not self.random_start:
+            return x
+        if self.norm == "l2":
+            eps = eps * torch.rand(x.shape[0], dtype=x.dtype, device=x.device)
+        return F.random_start(x, eps, norm=self.norm, clip=self.clip)
+
     def _run(self, x, labels, eps, alpha):
-        x_adv = F.random_start(x, eps, norm=self.norm, clip=self.clip) if self.random_start else x
+        x_adv = self.start(x, eps)
         for _ in range(self.steps):
             grad = self.input_grad(x_adv, labels)
             x_adv = F.pgd_step(x_adv, grad, x, eps, alpha, norm=self.norm, clip=self.clip)
@@ -91,7 +105,7 @@ class MIM(PGD):
         self.decay = float(decay)
 
     def _run(self, x, labels, eps, alpha):
-        x_adv = F.random_start(x, eps, norm="linf", clip=self.clip) if self.random_start else x
+        x_adv = self.start(x, eps)
         momentum = torch.zeros_like(x)
         for _ in range(self.steps):
             grad = self.input_grad(x_adv, labels)
