@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from stochnet.cli import bench_command
+from stochnet.cli.attack_specs import AttackSettings, make_attack, make_transfer_attack
 from stochnet.cli.main import main
-from stochnet.train import load_checkpoint, save_checkpoint
+from stochnet.train import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 TINY = ["--model", "mnist_cnn", "--data", "mnist", "--epochs", "1", "--batch-size", "16", "--train-subset", "32",
         "--eval-batch-size", "500", "--device", "cpu"]
@@ -49,6 +50,79 @@ def test_eval_prints_the_comparison_table_and_writes_json(runs, tmp_path, capsys
                     ("student", "fgsm", 2), ("student", "pgd", 2), ("student", "eot-pgd", 2)]
     assert all(row["eps"] == pytest.approx(0.3) and row["num_samples"] == 8 for row in report["rows"])
     assert "±" in table  # the stochastic student's mean ± std
+
+
+EVAL_TINY = ["--limit", "8", "--steps", "2", "--eot-samples", "2", "--repeats", "2", "--device", "cpu"]
+
+
+def test_transfer_attacks_add_rows_to_the_table_and_json(runs, tmp_path, capsys):
+    teacher, student = runs
+    code = main(["eval", "--checkpoint", str(teacher / "checkpoint.pt"), "--checkpoint", str(student / "checkpoint.pt"),
+                 "--attacks", "fgsm,transfer-pgd,transfer-fgsm", "--source-checkpoint", str(student / "checkpoint.pt"),
+                 *EVAL_TINY, "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    table = out[out.index("model "):out.index("wrote ")].splitlines()[2:]  # the rows under header and rule
+    assert [line.split()[3] for line in table] == ["fgsm", "transfer-pgd", "transfer-fgsm"] * 2
+    assert "examples crafted on student (anis2 mnist_cnn)" in out
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["settings"]["source_checkpoint"] == str(student / "checkpoint.pt")
+    rows = {(row["label"].split()[0], row["attack"]): row for row in report["rows"]}
+    # a deterministic target under a stochastic source's examples is scored over the repeats too
+    assert rows["teacher", "fgsm"]["repeats"] == 1 and rows["teacher", "transfer-pgd"]["repeats"] == 2
+    assert rows["student", "transfer-fgsm"]["repeats"] == 2
+    for (target, attack), row in rows.items():
+        transfer = attack.startswith("transfer-")
+        assert row["source_checkpoint"] == (str(student / "checkpoint.pt") if transfer else None)
+        assert row["source_stochastic"] is (True if transfer else None)
+        assert row["eps"] == pytest.approx(0.3) and row["num_samples"] == 8
+        assert 0 <= row["adversarial_accuracy"] <= 1 and {"clean_accuracy", "asr", "asr_std"} <= set(row)
+
+
+def test_transfer_from_a_deterministic_model_onto_itself_is_the_white_box_attack(runs, tmp_path):
+    teacher, _ = runs
+    checkpoint = str(teacher / "checkpoint.pt")
+    assert main(["eval", "--checkpoint", checkpoint, "--attacks", "pgd,transfer-pgd,fgsm,transfer-fgsm",
+                 "--source-checkpoint", checkpoint, *EVAL_TINY, "--limit", "32", "--eps", "0.02",
+                 "--out", str(tmp_path)]) == 0
+    rows = {row["attack"]: row for row in json.loads((tmp_path / "eval.json").read_text())["rows"]}
+    for attack in ("pgd", "fgsm"):
+        white_box, transfer = rows[attack], rows["transfer-" + attack]
+        assert transfer["repeats"] == white_box["repeats"] == 1 and transfer["source_stochastic"] is False
+        for key in ("clean_accuracy", "adversarial_accuracy", "asr"):
+            assert transfer[key] == white_box[key], (attack, key)
+    # a small budget: PGD fools some of the right answers, not all, so the equality says something
+    assert 0 < rows["pgd"]["adversarial_accuracy"] < rows["pgd"]["clean_accuracy"]
+
+
+def test_a_transfer_attack_returns_the_crafting_attacks_examples_on_the_source(runs):
+    teacher, _ = runs
+    model = model_from_checkpoint(load_checkpoint(teacher / "checkpoint.pt"))
+    x, y = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(6)
+    settings = AttackSettings(steps=3)
+    for name in ("pgd", "eot-pgd"):
+        torch.manual_seed(1)
+        white_box, eps = make_attack(name, model, "mnist", 10, settings, stochastic=False)
+        expected = white_box(x, y)
+        torch.manual_seed(1)
+        transfer, transfer_eps = make_transfer_attack("transfer-" + name, model, "mnist", 10, settings, False)
+        assert transfer_eps == eps == pytest.approx(0.3) and transfer.source_attack.model is model
+        assert torch.equal(transfer(x, y), expected) and not torch.equal(expected, x)
+    with pytest.raises(ValueError, match="not a transfer attack"):
+        make_transfer_attack("pgd", model, "mnist", 10, settings)
+    with pytest.raises(ValueError, match="is a transfer attack"):
+        make_attack("transfer-pgd", model, "mnist", 10, settings)
+
+
+def test_an_old_checkpoint_with_steps_per_epoch_still_evaluates_and_resumes(runs, tmp_path, capsys):
+    teacher, _ = runs
+    state = load_checkpoint(teacher / "checkpoint.pt")
+    state["args"]["steps_per_epoch"] = 2  # written by stochnet before the argument was dropped
+    save_checkpoint(tmp_path / "checkpoint.pt", {k: v for k, v in state.items() if k != "format"})
+    assert main(["eval", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--attacks", "fgsm", *EVAL_TINY,
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert main(["train", "--method", "standard", *TINY, "--out", str(tmp_path), "--lr", "0.05", "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().err
 
 
 def test_certify_reports_certified_accuracy_per_radius(runs, tmp_path, capsys):
@@ -97,6 +171,11 @@ def test_bench_outside_a_checkout_is_one_error_line(monkeypatch, capsys):
     (["train", "--method", "standard", *TINY, "--gamma-max", "1", "--out", "x"], "--gamma-max"),
     (["eval", "--checkpoint", "/no/such/checkpoint.pt"], "does not exist"),
     (["eval", "--checkpoint", "/no/such/checkpoint.pt", "--attacks", "fgsm,laser"], "laser"),
+    (["eval", "--checkpoint", "/no/such/checkpoint.pt", "--attacks", "transfer-laser"], "transfer-laser"),
+    (["eval", "--checkpoint", "/no/such/checkpoint.pt", "--attacks", "pgd,transfer-pgd"],
+     "--attacks transfer-pgd needs --source-checkpoint"),
+    (["eval", "--checkpoint", "/no/such/checkpoint.pt", "--source-checkpoint", "/no/such/source.pt"],
+     "--source-checkpoint is used by transfer attacks only"),
     (["certify", "--checkpoint", "/no/such/checkpoint.pt", "--sigma", "0.25"], "does not exist"),
     (["frobnicate"], "invalid choice"),
 ])
@@ -116,6 +195,17 @@ def test_checkpoint_that_does_not_fit_its_model_is_one_error_line(runs, tmp_path
     state["args"]["model"] = "basicnet"
     save_checkpoint(tmp_path / "wrong.pt", {k: v for k, v in state.items() if k != "format"})
     _one_error_line(capsys, ["eval", "--checkpoint", str(tmp_path / "wrong.pt")], "do not fit")
+
+
+def test_transfer_source_of_another_data_shape_or_missing_is_one_error_line(runs, tmp_path, capsys):
+    teacher, student = runs
+    state = load_checkpoint(teacher / "checkpoint.pt")
+    state["args"]["data_info"].update(in_channels=3, image_size=32)
+    save_checkpoint(tmp_path / "cifar.pt", {k: v for k, v in state.items() if k != "format"})
+    target = ["eval", "--checkpoint", str(student / "checkpoint.pt"), "--attacks", "transfer-pgd", "--device", "cpu"]
+    _one_error_line(capsys, [*target, "--source-checkpoint", str(tmp_path / "cifar.pt")],
+                    "takes 3x32x32 images of 10 classes but --checkpoint")
+    _one_error_line(capsys, [*target, "--source-checkpoint", str(tmp_path / "none.pt")], "does not exist")
 
 
 def test_teacher_of_another_architecture_is_one_error_line(runs, tmp_path, capsys):

@@ -1,17 +1,21 @@
 """Multi-process training with 2 CPU processes (gloo): StocReLUEMA statistics pooled across ranks,
-and ``torchrun -m stochnet train`` end to end."""
+``torchrun -m stochnet train`` end to end, and resuming a checkpoint on another number of processes."""
+import io
+import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from stochnet.nn import StocReLUEMA
 from stochnet.nn.stoc_relu_ema import sync_stoc_relu
-from stochnet.train import load_checkpoint
+from stochnet.train import TrainRun, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZES = (4, 6)  # unequal on purpose: the pooled std weighs every value, not every rank
@@ -74,3 +78,79 @@ def test_torchrun_trains_with_two_processes(tmp_path):
     assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
     assert any(name.endswith("running_sigma") and value.abs().sum() > 0 for name, value in state["model"].items())
     assert (out / "metrics.json").is_file()
+
+
+# ANIS² without a teacher, 2 epochs on 32 images: noise and PGD starts draw random numbers.
+TINY_RUN = dict(method="anis2", model="mnist_cnn", data="mnist", epochs=2, batch_size=8, train_subset=32,
+                eval_batch_size=500, seed=5, device="cpu",
+                options={"teacher_init": False, "steps": 1, "eps": 0.1, "step_size": 0.1, "lr": 0.05})
+
+
+class Interrupt(Exception):
+    """Stops a run after its first epoch's checkpoint, as a crash would."""
+
+
+def _stop_after_first_epoch(epoch, summary):
+    raise Interrupt
+
+
+def _train_one_rank(rank, init_file, out, resume, log_dir):
+    """Rank ``rank`` of a 2-process run of TINY_RUN (the process group made here, as torchrun's env
+    would make it); with ``resume`` False it stops after epoch 1. Rank 0's log goes to a file."""
+    os.environ.update({"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        with open(Path(log_dir) / f"rank{rank}.log", "w") as log:
+            try:
+                train(TrainRun(out=out, resume=resume, **TINY_RUN), stream=log,
+                      on_epoch_end=None if resume else _stop_after_first_epoch)
+            except Interrupt:
+                pass
+    finally:
+        dist.destroy_process_group()
+
+
+def _two_processes(tmp_path, out, resume):
+    init_file = tmp_path / f"init-{'resume' if resume else 'start'}"
+    mp.spawn(_train_one_rank, args=(str(init_file), str(out), resume, str(tmp_path)), nprocs=2, join=True)
+    return (tmp_path / "rank0.log").read_text()
+
+
+def _assert_finished(out, world_size):
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["epoch"] == 2 and [h["epoch"] for h in state["history"]] == [1, 2]
+    assert state["args"]["world_size"] == world_size and len(state["rng"]) == world_size
+    assert all(math.isfinite(h["loss"]) and h["images"] == 32 for h in state["history"])
+    assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == world_size and len(metrics["history"]) == 2
+    return state
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path):
+    out = tmp_path / "run"
+    _two_processes(tmp_path, out, resume=False)
+    started = load_checkpoint(out / "checkpoint.pt")
+    assert started["epoch"] == 1 and len(started["rng"]) == 2
+    log = io.StringIO()
+    train(TrainRun(out=str(out), resume=True, **TINY_RUN), stream=log)
+    assert "resuming on 1 process(es) after 2: random streams are reseeded" in log.getvalue()
+    state = _assert_finished(out, world_size=1)
+    assert state["history"][0] == started["history"][0]  # the first epoch is kept, not redone
+    assert any(not torch.equal(state["model"][k], started["model"][k]) for k in started["model"])
+
+
+def test_a_one_process_checkpoint_resumes_under_two_processes(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(Interrupt):
+        train(TrainRun(out=str(out), **TINY_RUN), stream=io.StringIO(), on_epoch_end=_stop_after_first_epoch)
+    started = load_checkpoint(out / "checkpoint.pt")
+    assert started["epoch"] == 1 and len(started["rng"]) == 1
+    log = _two_processes(tmp_path, out, resume=True)
+    assert log.count("resuming on 2 process(es) after 1: random streams are reseeded") == 1
+    assert "epoch 1/2 step" not in log and "epoch 2/2 done" in log
+    assert (tmp_path / "rank1.log").read_text() == ""  # only rank 0 logs
+    state = _assert_finished(out, world_size=2)
+    assert state["history"][0] == started["history"][0]
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])

@@ -53,13 +53,13 @@ CONFIGS = {
 }
 
 
-def make(name, config=None, epochs=2, steps_per_epoch=3, seed=0):
+def make(name, config=None, epochs=2, seed=0):
     torch.manual_seed(seed)
     model = tiny_net()
     x, _ = tiny_data(8)
     teacher = copy.deepcopy(model.state_dict()) if name == "anis2" else None
     return build_method(name, model, dict(CONFIGS[name] if config is None else config), epochs=epochs,
-                        steps_per_epoch=steps_per_epoch, example_input=x, teacher_state=teacher)
+                        example_input=x, teacher_state=teacher)
 
 
 def batches(x, y):
@@ -95,7 +95,7 @@ def eval_loss(model, x, y):
 def test_method_learns_the_tiny_task(name):
     x, y = tiny_data()
     data = batches(x, y)
-    method = make(name, epochs=6, steps_per_epoch=len(data))
+    method = make(name, epochs=6)
     before = eval_loss(method.model, x, y)
     results = []
     for epoch in range(6):
@@ -114,16 +114,16 @@ def test_method_learns_the_tiny_task(name):
 def test_resume_from_state_dict_continues_exactly(name):
     x, y = tiny_data(96)
     data = batches(x, y)
-    straight = make(name, steps_per_epoch=len(data))
+    straight = make(name)
     torch.manual_seed(7)
     run(straight, data, epochs=2)
 
-    first = make(name, steps_per_epoch=len(data))
+    first = make(name)
     torch.manual_seed(7)
     run(first, data, epochs=2, stop=(1, 1))
     saved = copy.deepcopy((first.state_dict(), first.model.state_dict(), torch.get_rng_state()))
     del first
-    resumed = make(name, steps_per_epoch=len(data), seed=99)
+    resumed = make(name, seed=99)
     method_state, model_state, rng = saved
     resumed.model.load_state_dict(model_state)
     resumed.load_state_dict(method_state)
@@ -215,7 +215,7 @@ def test_anis2_teacher_initialization_and_ablations():
     torch.manual_seed(0)
     teacher, other = tiny_net(), tiny_net()
     x, y = tiny_data(8)
-    common = dict(epochs=2, steps_per_epoch=1, example_input=x)
+    common = dict(epochs=2, example_input=x)
     student = build_method("anis2", copy.deepcopy(other), {}, teacher_state=teacher.state_dict(), **common).model
     for key, value in teacher.state_dict().items():
         assert torch.equal(student.state_dict()[key], value), key
@@ -293,7 +293,7 @@ def test_every_option_has_a_default_and_help():
 
 def test_unknown_method_and_bad_options_raise_clear_errors():
     x, _ = tiny_data(4)
-    common = dict(epochs=2, steps_per_epoch=1, example_input=x)
+    common = dict(epochs=2, example_input=x)
     with pytest.raises(ValueError, match=r"unknown method 'nope'.*standard.*gaussian"):
         build_method("nope", tiny_net(), {}, **common)
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['bogus'\].*clean-weight"):
@@ -305,7 +305,7 @@ def test_unknown_method_and_bad_options_raise_clear_errors():
     with pytest.raises(ValueError, match="option steps must be of type int"):
         build_method("adv", tiny_net(), {"steps": 2.5}, **common)
     with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
-        build_method("standard", tiny_net(), {}, epochs=0, steps_per_epoch=1, example_input=x)
+        build_method("standard", tiny_net(), {}, epochs=0, example_input=x)
     method = build_method("standard", tiny_net(), {"weight-decay": "0", "nesterov": None}, **common)
     assert method.options.weight_decay == 0.0 and method.options.nesterov is False
     with pytest.raises(ValueError, match=r"epoch must be in \[0, 2\)"):

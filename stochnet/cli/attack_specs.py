@@ -1,4 +1,7 @@
-"""The attacks ``stochnet eval`` runs, by name, with per-dataset default budgets."""
+"""The attacks ``stochnet eval`` runs, by name, with per-dataset default budgets.
+
+``transfer-NAME`` is the attack NAME crafted on a source model and evaluated on the target.
+"""
 import dataclasses
 from dataclasses import dataclass
 
@@ -46,16 +49,24 @@ ATTACKS = {
     "boundary": (None, lambda model, eps, s, k: attacks.Boundary(model, max_queries=s.queries)),
 }
 ATTACK_NAMES = tuple(ATTACKS)
+TRANSFER_PREFIX = "transfer-"
+_CHOICES = f"{', '.join(ATTACK_NAMES)}, or {TRANSFER_PREFIX}NAME for any of them"
+
+
+def crafting_attack(name):
+    """The white-box attack a transfer attack crafts its examples with (``"transfer-pgd"`` -> ``"pgd"``);
+    None for a name without the transfer prefix."""
+    return name[len(TRANSFER_PREFIX):] if name.startswith(TRANSFER_PREFIX) else None
 
 
 def parse_attack_names(text):
-    """``"fgsm,pgd"`` -> ("fgsm", "pgd"); an unknown name raises ValueError listing the valid ones."""
+    """``"fgsm,transfer-pgd"`` -> ("fgsm", "transfer-pgd"); an unknown name raises ValueError listing the valid ones."""
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     if not names:
-        raise ValueError(f"--attacks: name at least one attack of {', '.join(ATTACK_NAMES)}")
-    unknown = [name for name in names if name not in ATTACKS]
+        raise ValueError(f"--attacks: name at least one attack of {_CHOICES}")
+    unknown = [name for name in names if (crafting_attack(name) or name) not in ATTACKS]
     if unknown:
-        raise ValueError(f"--attacks: unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACK_NAMES)}")
+        raise ValueError(f"--attacks: unknown attack(s) {', '.join(unknown)}; choose from {_CHOICES}")
     return names
 
 
@@ -65,8 +76,21 @@ def make_attack(name, model, data, num_classes, settings, stochastic=True):
     On a deterministic model every noise draw is the same, so EOT-PGD takes one sample per step:
     the same attack as with ``eot_samples`` copies, at a fraction of the cost.
     """
+    if crafting_attack(name) is not None:
+        raise ValueError(f"{name} is a transfer attack: build it with make_transfer_attack")
     if not stochastic:
         settings = dataclasses.replace(settings, eot_samples=1)
     norm, build = ATTACKS[name]
     eps = {"linf": settings.linf, "l2": settings.l2}[norm](data) if norm is not None else None
     return build(model, eps, settings, num_classes), eps
+
+
+def make_transfer_attack(name, source_model, data, num_classes, settings, source_stochastic=True):
+    """``(attack, eps)`` for ``"transfer-NAME"``: ``attacks.Transfer`` of the attack NAME on
+    ``source_model`` (built as :func:`make_attack` builds it), whose examples ``robust_accuracy``
+    then scores on the target model."""
+    crafting = crafting_attack(name)
+    if crafting is None:
+        raise ValueError(f"{name!r} is not a transfer attack (expected {TRANSFER_PREFIX}NAME)")
+    attack, eps = make_attack(crafting, source_model, data, num_classes, settings, source_stochastic)
+    return attacks.Transfer(attack), eps

@@ -4,19 +4,27 @@ from pathlib import Path
 
 import torch
 
-from .attack_specs import ATTACK_NAMES, AttackSettings, make_attack, parse_attack_names
+from .attack_specs import (ATTACK_NAMES, AttackSettings, crafting_attack, make_attack, make_transfer_attack,
+                           parse_attack_names)
 from .output import format_table, percent, write_json
+from .transfer_source import load_source
 
 
 def add_parser(commands, argv):
     parser = commands.add_parser(
         "eval", help="attack trained checkpoints: clean / robust accuracy and ASR",
         description="Evaluate each checkpoint against each attack: one table row per checkpoint x attack, "
-                    "and OUT/eval.json. Stochastic models are evaluated --repeats times (mean and std).")
+                    "and OUT/eval.json. Stochastic models are evaluated --repeats times (mean and std). "
+                    "A transfer attack, transfer-NAME, crafts its examples with the attack NAME on the "
+                    "--source-checkpoint model and scores them on each --checkpoint model.")
     parser.add_argument("--checkpoint", action="append", required=True, metavar="CKPT",
                         help="a checkpoint written by 'stochnet train' (repeat to compare several)")
     parser.add_argument("--attacks", default="fgsm,pgd,eot-pgd",
-                        help=f"comma-separated attacks among {', '.join(ATTACK_NAMES)} (default: fgsm,pgd,eot-pgd)")
+                        help=f"comma-separated attacks among {', '.join(ATTACK_NAMES)}, or transfer-NAME for "
+                             "any of them, e.g. transfer-pgd (default: fgsm,pgd,eot-pgd)")
+    parser.add_argument("--source-checkpoint", default=None, metavar="CKPT",
+                        help="the model transfer attacks craft their examples on: a checkpoint written by "
+                             "'stochnet train' for the same input shape and classes (needed by transfer-NAME)")
     parser.add_argument("--eps", type=float, default=None,
                         help="L-inf budget (default: 0.3 on MNIST, 8/255 on CIFAR)")
     parser.add_argument("--eps-l2", type=float, default=None, help="L2 budget of pgd-l2 (default: 2.0 MNIST, 0.5 CIFAR)")
@@ -26,7 +34,8 @@ def add_parser(commands, argv):
     parser.add_argument("--eot-samples", type=int, default=10, help="noise draws per eot-pgd gradient on stochastic models (1 on deterministic ones)")
     parser.add_argument("--cw-steps", type=int, default=100, help="Adam steps per binary-search round of cw")
     parser.add_argument("--queries", type=int, default=500, help="query budget per sample of boundary")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats for stochastic models (deterministic: 1)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="repeats when the model (or a transfer attack's source) is stochastic (deterministic: 1)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N test images")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--data-dir", default=None, help="data folder (default: the one the model was trained with)")
@@ -43,14 +52,13 @@ def run(args):
     from ..train.distributed import choose_device
 
     names = parse_attack_names(args.attacks)
-    for name in ("steps", "eot_samples", "cw_steps", "queries", "repeats", "batch_size"):
-        _check_positive(args, name)
-    if args.limit is not None:
-        _check_positive(args, "limit")
+    transfers = _check_arguments(args, names)
     settings = AttackSettings(eps=args.eps, eps_l2=args.eps_l2, alpha=args.alpha, steps=args.steps,
                               eot_samples=args.eot_samples, cw_steps=args.cw_steps, queries=args.queries)
     device = choose_device(args.device)
     states = [(path, load_checkpoint(path)) for path in args.checkpoint]  # every path checked before any work
+    source = load_source(args.source_checkpoint, states, device) if transfers else None
+    source_label = checkpoint_label(source.path, source.args) if source else None
     rows = []
     for path, state in states:
         run_args = state["args"]
@@ -59,21 +67,36 @@ def run(args):
         test = bundle.test if args.limit is None else torch.utils.data.Subset(
             bundle.test, range(min(args.limit, len(bundle.test))))
         loader = torch.utils.data.DataLoader(test, batch_size=args.batch_size)
-        stochastic = is_stochastic(model, next(iter(loader))[0].to(device))
-        repeats = args.repeats if stochastic else 1
+        first_batch = next(iter(loader))[0].to(device)
+        stochastic = is_stochastic(model, first_batch)
+        source_stochastic = is_stochastic(source.model, first_batch) if source else None
         label = checkpoint_label(path, run_args)
         for name in names:
             torch.manual_seed(args.seed)
-            attack, eps = make_attack(name, model, run_args["data"], bundle.num_classes, settings, stochastic)
+            transfer = crafting_attack(name) is not None
+            if transfer:
+                attack, eps = make_transfer_attack(name, source.model, run_args["data"], bundle.num_classes,
+                                                   settings, source_stochastic)
+            else:
+                attack, eps = make_attack(name, model, run_args["data"], bundle.num_classes, settings, stochastic)
+            # A transfer attack varies from repeat to repeat when either model draws noise.
+            repeats = args.repeats if stochastic or (transfer and source_stochastic) else 1
             start = time.perf_counter()
             report = robust_accuracy(model, attack, loader, repeats=repeats, device=device)
+            crafting = attack.source_attack if transfer else attack
             rows.append({"checkpoint": str(path), "label": label, "method": run_args["method"],
                          "model": run_args["model"], "data": run_args["data"], "stochastic": stochastic,
-                         "attack": name, "eps": eps, "eot_samples": getattr(attack, "eot_samples", None),
+                         "attack": name, "eps": eps, "eot_samples": getattr(crafting, "eot_samples", None),
+                         "source_checkpoint": source.path if transfer else None,
+                         "source_label": source_label if transfer else None,
+                         "source_stochastic": source_stochastic if transfer else None,
                          "seconds": time.perf_counter() - start, **report})
             print(f"{label} {name}: done in {rows[-1]['seconds']:.1f}s", flush=True)
+    if source:
+        print(f"transfer-* rows: examples crafted on {source_label}, scored on the row's model")
     print(format_table(rows, _COLUMNS))
-    settings_json = {**vars(settings), "limit": args.limit, "seed": args.seed, "repeats": args.repeats}
+    settings_json = {**vars(settings), "limit": args.limit, "seed": args.seed, "repeats": args.repeats,
+                     "source_checkpoint": args.source_checkpoint}
     path = write_json(Path(args.out) / "eval.json", {"settings": settings_json, "rows": rows})
     print(f"wrote {path}")
     return 0
@@ -89,6 +112,22 @@ def is_stochastic(model, x):
 def checkpoint_label(path, run_args):
     """A short row label: the run folder's name and what was trained."""
     return f"{Path(path).resolve().parent.name} ({run_args['method']} {run_args['model']})"
+
+
+def _check_arguments(args, names):
+    """Check the options before any work; returns the transfer attacks among ``names``."""
+    transfers = [name for name in names if crafting_attack(name) is not None]
+    if transfers and args.source_checkpoint is None:
+        raise ValueError(f"--attacks {','.join(transfers)} needs --source-checkpoint CKPT: the model whose "
+                         "examples are transferred")
+    if args.source_checkpoint is not None and not transfers:
+        raise ValueError("--source-checkpoint is used by transfer attacks only: name one in --attacks, "
+                         "e.g. transfer-pgd")
+    for name in ("steps", "eot_samples", "cw_steps", "queries", "repeats", "batch_size"):
+        _check_positive(args, name)
+    if args.limit is not None:
+        _check_positive(args, "limit")
+    return transfers
 
 
 def _check_positive(args, name):

@@ -1,6 +1,6 @@
 """The training methods of the driver: one class per method, built by name from a flat config.
 
-``build_method(name, model, config, epochs=..., steps_per_epoch=..., example_input=...)``
+``build_method(name, model, config, epochs=..., example_input=...)``
 returns a :class:`Method` whose ``train_step(model, x, y)``, ``on_epoch_start(epoch)``,
 ``on_epoch_end(epoch)``, ``state_dict()`` and ``load_state_dict(state)`` the training loop
 calls. ``METHODS[name].Options`` is the dataclass of the method's options (defaults from its
@@ -20,7 +20,7 @@ METHODS = {cls.name: cls for cls in (Standard, AdversarialTraining, Trades, PNIT
                                      GaussianAugmentation)}
 
 
-def build_method(name, model, config, *, epochs, steps_per_epoch, example_input, teacher_state=None):
+def build_method(name, model, config, *, epochs, example_input, teacher_state=None):
     """The method ``name`` over ``model`` with the options in ``config`` (a flat dict of option
     name -> value; unset options take the method's defaults).
 
@@ -32,8 +32,7 @@ def build_method(name, model, config, *, epochs, steps_per_epoch, example_input,
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
     cls = METHODS[name]
     options = parse_options(cls.Options, config)
-    return cls(model, options, epochs=epochs, steps_per_epoch=steps_per_epoch, example_input=example_input,
-               teacher_state=teacher_state)
+    return cls(model, options, epochs=epochs, example_input=example_input, teacher_state=teacher_state)
 
 
 __all__ = ["METHODS", "build_method", "Method", "OptimizerOptions", "AdversarialOptions", "parse_options",

@@ -38,9 +38,6 @@ class Method:
     the schedule position; with the model's own state dict and torch's RNG state it lets a
     fresh Method continue a run exactly, mid-epoch included.
 
-    ``steps_per_epoch`` is validated and kept (``self.steps_per_epoch``) for schedules by
-    step; the published schedules of the methods here all change per epoch.
-
     Subclasses set ``name`` and ``Options`` and override ``build_model``,
     ``build_optimizers``, ``apply_schedule`` and ``loss``.
     """
@@ -48,7 +45,7 @@ class Method:
     name = None
     Options = OptimizerOptions
 
-    def __init__(self, model, options, *, epochs, steps_per_epoch, example_input=None, teacher_state=None):
+    def __init__(self, model, options, *, epochs, example_input=None, teacher_state=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(options, self.Options):
@@ -57,7 +54,6 @@ class Method:
             raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
         self.options = options
         self.epochs = _check_count(epochs, "epochs", 1)
-        self.steps_per_epoch = _check_count(steps_per_epoch, "steps_per_epoch", 1)
         self.model = self.build_model(model, example_input, teacher_state)
         self.optimizers = self.build_optimizers()
         self.milestones = milestone_epochs(options.lr_milestones, self.epochs)

@@ -106,8 +106,8 @@ def _train(run, ranks, stream, on_epoch_end):
     model = build_model(run.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                         mean=bundle.mean, std=bundle.std, width=run.width).to(ranks.device)
     example_input = torch.stack([bundle.test[i][0] for i in range(min(2, len(bundle.test)))]).to(ranks.device)
-    method = build_method(run.method, model, dict(run.options), epochs=run.epochs, steps_per_epoch=len(loader),
-                          example_input=example_input, teacher_state=teacher_state)
+    method = build_method(run.method, model, dict(run.options), epochs=run.epochs, example_input=example_input,
+                          teacher_state=teacher_state)
     student = method.model
     start_epoch, history = 0, []
     if resumed is not None:
@@ -126,10 +126,11 @@ def _train(run, ranks, stream, on_epoch_end):
     else:
         if resumed is not None:
             _log(ranks, stream, f"resuming on {ranks.world_size} process(es) after {len(resumed['rng'])}: "
-                                "random streams are reseeded, the run will not replay exactly")
+                                "random streams are reseeded, the run will not replay exactly, and the "
+                                "batch per step is --batch-size per process, so the total batch changes")
         _seed_everything(rank_seed(run.seed + start_epoch, ranks.rank))
 
-    args = {**asdict(run), "data_info": data_info, "steps_per_epoch": len(loader), "world_size": ranks.world_size}
+    args = {**asdict(run), "data_info": data_info, "world_size": ranks.world_size}
     if start_epoch:
         _log(ranks, stream, f"resuming {checkpoint_path} after epoch {start_epoch}/{run.epochs}")
     started = time.perf_counter()

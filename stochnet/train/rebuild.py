@@ -22,8 +22,7 @@ def model_from_checkpoint(state, device="cpu"):
     # teacher's: a method that starts from one loads them, and they are loaded again below anyway.
     example_input = torch.zeros(2, info["in_channels"], info["image_size"], info["image_size"])
     method = build_method(args["method"], model, dict(args["options"]), epochs=args["epochs"],
-                          steps_per_epoch=args["steps_per_epoch"], example_input=example_input,
-                          teacher_state=state["model"])
+                          example_input=example_input, teacher_state=state["model"])
     trained = method.model
     try:
         trained.load_state_dict(state["model"])
