@@ -97,16 +97,12 @@ def _bench_attack(label, model, x, y, steps, eot_samples, device, repeats, warmu
         _check_attack(name, fn(), x)
     contenders = [harness.Contender(name, kind, fn) for name, (kind, fn) in functions.items()]
     batch_bytes = x.numel() * x.element_size()
-    result = harness.compare(contenders, device, nbytes=batch_bytes, copy_numel=x.numel(), copy_dtype=DTYPE,
-                             repeats=repeats, warmup=warmup, references=REFERENCES)
-    for row in result["results"]:
-        # bytes per second of an attack say nothing: report images per second instead
-        row.pop("gbps")
-        row.pop("fraction_of_copy")
-        row["images_per_s"] = x.shape[0] / row["median_s"]
-    return {"title": f"{OP} {label} {tuple(x.shape)} float32", "attack": label, "shape": list(x.shape),
-            "steps": steps, "eot_samples": eot_samples, "forward_backward_per_image": steps * eot_samples,
-            "pass": "attack", **result}
+    result = harness.per_image(harness.compare(contenders, device, nbytes=batch_bytes, copy_numel=x.numel(),
+                                               copy_dtype=DTYPE, repeats=repeats, warmup=warmup,
+                                               references=REFERENCES), x.shape[0])
+    return {"title": f"{OP} {label} {tuple(x.shape)} {harness.dtype_name(DTYPE)}", "attack": label,
+            "shape": list(x.shape), "steps": steps, "eot_samples": eot_samples,
+            "forward_backward_per_image": steps * eot_samples, "pass": "attack", **result}
 
 
 def _throughput_notes(cases):
@@ -131,7 +127,7 @@ def notes(device, steps, eot_samples, cases):
         f"weights; eps {EPS:.5f}, alpha {ALPHA:.5f}, {steps} steps, random start; EOT with {eot_samples} samples",
         "stochnet EOT-PGD: the copies as one batch of eot_samples * B per step (stochnet max_batch=B: one "
         "copy of the batch per pass); eager and torchattacks: eot_samples serial forward/backward passes per step",
-        "the fused-op bytes and copy columns are the input batch and its copy, for scale only",
+        harness.SCALE_ONLY_NOTE,
     ]
     if device.type == "cpu":
         lines.append("CPU: absolute times are indicative, compare ratios")
@@ -140,6 +136,7 @@ def notes(device, steps, eot_samples, cases):
 
 def run(device, repeats, warmup, quick=False):
     """Benchmark each attack's contenders; the report :func:`harness.format_report` prints."""
+    environment = harness.environment(device)
     shape = QUICK_SHAPE if quick else SHAPE
     steps = QUICK_STEPS if quick else STEPS
     eot_samples = QUICK_EOT_SAMPLES if quick else EOT_SAMPLES
@@ -154,6 +151,5 @@ def run(device, repeats, warmup, quick=False):
     cases.append(_bench_attack(f"pgd-{steps} linf", model, x, y, steps, 1, device, repeats, warmup, skipped))
     cases.append(_bench_attack(f"eot-pgd-{steps} x{eot_samples} linf", model, x, y, steps, eot_samples,
                                device, repeats, warmup, skipped))
-    return {"op": OP, "environment": harness.environment(device), "repeats": repeats, "warmup": warmup,
-            "quick": quick, "eps": EPS, "alpha": ALPHA, "steps": steps, "eot_samples": eot_samples,
-            "skipped": skipped, "notes": notes(device, steps, eot_samples, cases), "cases": cases}
+    return harness.report(OP, environment, repeats, warmup, quick, cases, notes(device, steps, eot_samples, cases),
+                          skipped=skipped, eps=EPS, alpha=ALPHA, steps=steps, eot_samples=eot_samples)

@@ -1,10 +1,13 @@
 """Generic benchmark machinery shared by the op benchmarks.
 
-An op benchmark builds :class:`Contender` s (one iteration of work each) and calls
-:func:`compare`, which times them round-robin next to a ``dst.copy_(src)`` of the same size
-(the machine's copy bandwidth, measured under the same conditions), and returns rows with
-medians, quartiles, ratios against the reference contenders, and achieved bandwidth.
-:func:`format_report` prints a report of such cases; :func:`write_json` stores it.
+An op benchmark builds :class:`Contender` s (one iteration of work each; :func:`op_functions`
+and :func:`op_contender` for a fused op against eager and compiled PyTorch) and calls
+:func:`compare` (or :func:`tensor_cases`), which times them round-robin next to a
+``dst.copy_(src)`` of the same size (the machine's copy bandwidth, measured under the same
+conditions), and returns rows with medians, quartiles, ratios against the reference
+contenders, and achieved bandwidth.
+:func:`report` assembles a report of such cases, :func:`format_report` prints it,
+:func:`write_json` stores it.
 """
 import gc
 import json
@@ -15,7 +18,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -153,6 +156,26 @@ def peak_resident_bytes(fn):
     return max(0, _resident_bytes("VmHWM") - start)
 
 
+def peak_bytes(fn, device):
+    """Peak memory above the starting level while ``fn()`` runs: the allocator's peak on CUDA
+    (:func:`peak_memory_bytes`), the resident high-water mark on CPU (:func:`peak_resident_bytes`)
+    of a second call: the first call of a code path pages in library code, resident too (160 MB
+    for the first fused perturb call, against the 33.5 MB of its output)."""
+    if device.type == "cuda":
+        return peak_memory_bytes(fn, device)
+    fn()
+    return peak_resident_bytes(fn)
+
+
+def peak_note(device, during):
+    """The note saying what :func:`peak_bytes` measured on ``device`` during ``during`` (e.g. 'one iteration')."""
+    if device.type == "cuda":
+        return f"peak: CUDA max_memory_allocated above the starting level during {during}"
+    return (f"peak: resident memory high-water mark above the starting level during {during} (VmHWM), "
+            "after an untimed call (a first call pages in library code) and with the fused ops' output "
+            "pool emptied")
+
+
 def compile_warmup(step):
     """Run a torch.compile'd step until it is compiled; the seconds the first call took."""
     start = time.perf_counter()
@@ -174,6 +197,32 @@ class Contender:
     kind: str
     fn: Callable[[], object]
     extra: dict = field(default_factory=dict)
+
+
+def op_functions(fused, eager):
+    """The contending functions of a fused-op benchmark, name -> (kind, backend, fn): ``fused[b]``
+    for each backend b -> fn of ``fused``, then ``eager`` and ``eager`` under torch.compile."""
+    functions = {f"fused[{backend}]": ("fused", backend, fn) for backend, fn in fused.items()}
+    functions["eager"] = ("eager", None, eager)
+    # dynamic=False: each shape gets its own static-shape kernel, as a user's model would
+    functions["compiled"] = ("compiled", None, torch.compile(eager, dynamic=False))
+    return functions
+
+
+def op_contender(name, kind, backend, step, device, *, saved=None, peak=True):
+    """A :class:`Contender` of :func:`op_functions` running ``step``, with its row's extras: the
+    backend, a compiled step's compilation seconds (it is compiled here), the bytes autograd saves
+    while ``saved()`` runs (when given) and the peak memory of one step (when ``peak``)."""
+    extra = {"backend": backend} if backend else {}
+    if kind == "compiled":
+        extra["compile_s"] = compile_warmup(step)
+    if saved is not None:
+        extra["saved_bytes"] = saved_tensor_bytes(saved)
+    if peak:
+        measured = peak_bytes(step, device)
+        if measured is not None:
+            extra["peak_bytes"] = measured
+    return Contender(name, kind, step, extra)
 
 
 def compare(contenders, device, *, nbytes, copy_numel, copy_dtype, repeats, warmup,
@@ -208,6 +257,71 @@ def compare(contenders, device, *, nbytes, copy_numel, copy_dtype, repeats, warm
     return {"bytes_moved": nbytes,
             "copy": {"bytes": copy_bytes, "gbps": copy_gbps, **copy_timing.to_dict()},
             "results": rows}
+
+
+class Pass(NamedTuple):
+    """One timed case of an op on one tensor: its title, pass label ('forward', ...), the
+    contenders and the least bytes the fused op moves."""
+
+    title: str
+    label: str
+    contenders: list
+    nbytes: int
+
+
+def tensor_cases(x, passes, device, *, repeats, warmup, min_sample_s, **fields):
+    """One case per :class:`Pass`: its contenders timed next to a copy of ``x``'s size
+    (:func:`compare`); the case records x's shape, ``fields``, dtype, numel and element size."""
+    cases = []
+    for title, label, contenders, nbytes in passes:
+        result = compare(contenders, device, nbytes=nbytes, copy_numel=x.numel(), copy_dtype=x.dtype,
+                         repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
+        cases.append({"title": title, "shape": list(x.shape), **fields, "dtype": dtype_name(x.dtype),
+                      "numel": x.numel(), "element_size": x.element_size(), "pass": label, **result})
+    return cases
+
+
+def per_image(result, images):
+    """A :func:`compare` result of whole attacks or training steps, where bytes per second say
+    nothing: each row's GB/s and % copy replaced by images/s (``images`` per call)."""
+    for row in result["results"]:
+        row.pop("gbps")
+        row.pop("fraction_of_copy")
+        row["images_per_s"] = images / row["median_s"]
+    return result
+
+
+def dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def op_notes(traffic, copied="a same-size tensor"):
+    """The first notes of a fused-op benchmark: how times and ratios are taken, ``traffic`` (what
+    its GB/s counts) and what % copy compares with (a copy of ``copied``)."""
+    return ["times: median over round-robin samples after warm-up; min and IQR beside it; "
+            "torch.compile's compilation is excluded from timing and shown as compile s",
+            "eager/this and compiled/this: that contender's median over this row's (above 1: this row is faster)",
+            traffic,
+            f"% copy: GB/s over dst.copy_(src) of {copied} into already-touched memory "
+            "(read+write bytes), timed in the same round-robin"]
+
+
+def fresh_outputs_note(outputs):
+    """The CPU note of a training-op benchmark whose contenders allocate ``outputs`` per call."""
+    return ("CPU: a fresh allocation of 32 MB or more page-faults on first touch (DESIGN.md); "
+            f"every contender allocates its outputs ({outputs}) per call, as training does; dy is allocated "
+            "once outside the timed region; absolute CPU times are indicative, compare ratios")
+
+
+# the note of benchmarks whose rows are images/s, not bytes/s
+SCALE_ONLY_NOTE = "the fused-op bytes and copy columns are the input batch and its copy, for scale only"
+
+
+def report(op, environment, repeats, warmup, quick, cases, notes, skipped=(), **params):
+    """The report :func:`format_report` prints and :func:`write_json` stores; ``params`` are the
+    op's settings (eps, gamma, ...); ``environment`` is taken before the run (its load average)."""
+    return {"op": op, "environment": environment, "repeats": repeats, "warmup": warmup, "quick": quick,
+            **params, "skipped": list(skipped), "notes": notes, "cases": cases}
 
 
 # PyTorch's switch to back large CPU allocations with transparent huge pages: a fresh 33.5 MB

@@ -43,39 +43,24 @@ def _bench_shape(shape, functions, device, repeats, warmup, min_sample_s):
     x_adv = (x_orig + EPS * (2 * torch.rand(shape, device=device, dtype=DTYPE, generator=generator) - 1)).clamp(0, 1)
     grad = torch.randn(shape, device=device, dtype=DTYPE, generator=generator)
     _check_same_work(functions, x_adv, grad, x_orig)
-    contenders = []
-    for name, (kind, backend, fn) in functions.items():
-        step = (lambda fn=fn: fn(x_adv, grad, x_orig))
-        extra = {"backend": backend} if backend else {}
-        if kind == "compiled":
-            extra["compile_s"] = harness.compile_warmup(step)
-        peak = harness.peak_memory_bytes(step, device)
-        if peak is not None:
-            extra["peak_bytes"] = peak
-        contenders.append(harness.Contender(name, kind, step, extra))
+    contenders = [harness.op_contender(name, kind, backend, (lambda fn=fn: fn(x_adv, grad, x_orig)), device)
+                  for name, (kind, backend, fn) in functions.items()]
     # read x_adv, grad and x_orig, write the new x_adv
     nbytes = 4 * x_orig.numel() * x_orig.element_size()
-    result = harness.compare(contenders, device, nbytes=nbytes, copy_numel=x_orig.numel(), copy_dtype=DTYPE,
-                             repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
-    dtype = str(DTYPE).replace("torch.", "")
-    return [{"title": f"{OP} linf step {tuple(shape)} {dtype}", "shape": list(shape), "dtype": dtype,
-             "numel": x_orig.numel(), "element_size": x_orig.element_size(), "pass": "forward", **result}]
+    title = f"{OP} linf step {tuple(shape)} {harness.dtype_name(DTYPE)}"
+    return harness.tensor_cases(x_orig, [harness.Pass(title, "forward", contenders, nbytes)], device,
+                                repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
 
 
 def notes(device):
-    lines = [
-        "times: median over round-robin samples after warm-up; min and IQR beside it; "
-        "torch.compile's compilation is excluded from timing and shown as compile s",
-        "eager/this and compiled/this: that contender's median over this row's (above 1: this row is faster)",
-        "GB/s counts the fused op's least traffic for every row: read x_adv, grad, x_orig, write the new x_adv",
-        "% copy: GB/s over dst.copy_(src) of a same-size tensor into already-touched memory "
-        "(read+write bytes), timed in the same round-robin",
-        f"eps {EPS:.5f}, alpha {ALPHA:.5f} as Python floats (the fused op passes them as (B,) tensors)",
-    ]
+    lines = harness.op_notes("GB/s counts the fused op's least traffic for every row: read x_adv, grad, x_orig, "
+                             "write the new x_adv")
+    lines.append(f"eps {EPS:.5f}, alpha {ALPHA:.5f} as Python floats (the fused op passes them as (B,) tensors)")
     if device.type == "cpu":
         lines.append("CPU: every contender allocates its output per call, as an attack loop does (DESIGN.md: "
                      "fresh 32 MB+ allocations page-fault; the fused op reuses pooled output buffers); "
                      "absolute CPU times are indicative, compare ratios")
+    lines.append(harness.peak_note(device, "one step"))
     return lines
 
 
@@ -83,12 +68,9 @@ def run(device, repeats, warmup, quick=False, min_sample_s=MIN_SAMPLE_S):
     """Benchmark every contender on every shape; the report :func:`harness.format_report` prints."""
     if device.type != "cpu":
         raise ValueError(f"the fused {OP} benchmark covers the C++ CPU kernel only so far, got device {device}")
-    functions = {"fused[cpp]": ("fused", "cpp", fused_pgd_step),
-                 "eager": ("eager", None, eager_pgd_step),
-                 # dynamic=False: each shape gets its own static-shape kernel, as an attack loop would
-                 "compiled": ("compiled", None, torch.compile(eager_pgd_step, dynamic=False))}
+    environment = harness.environment(device)
+    functions = harness.op_functions({"cpp": fused_pgd_step}, eager_pgd_step)
     cases = []
     for shape in QUICK_SHAPES if quick else SHAPES:
         cases += _bench_shape(shape, functions, device, repeats, warmup, min_sample_s)
-    return {"op": OP, "environment": harness.environment(device), "repeats": repeats, "warmup": warmup,
-            "quick": quick, "eps": EPS, "alpha": ALPHA, "skipped": [], "notes": notes(device), "cases": cases}
+    return harness.report(OP, environment, repeats, warmup, quick, cases, notes(device), eps=EPS, alpha=ALPHA)

@@ -89,28 +89,16 @@ def _bench_shape(shape, m, device, repeats, warmup, min_sample_s):
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.rand(shape, device=device, dtype=DTYPE, generator=generator)
     logits = 3 * torch.randn(shape[0] * m, CLASSES, device=device, dtype=DTYPE, generator=generator)
+    dtype = harness.dtype_name(DTYPE)
     cases = []
     for mode in VOTE_MODES:
-        eager = eager_smoothing(mode)
-        functions = {"fused[cpp]": ("fused", "cpp", fused_smoothing(mode)),
-                     "eager": ("eager", None, eager),
-                     # dynamic=False: one static-shape kernel per shape, as a user's model would get
-                     "compiled": ("compiled", None, torch.compile(eager, dynamic=False))}
-        contenders = []
-        for name, (kind, backend, fn) in functions.items():
-            step = (lambda fn=fn: fn(x, logits, m))
-            extra = {"backend": backend} if backend else {}
-            if kind == "compiled":
-                extra["compile_s"] = harness.compile_warmup(step)
-            peak = harness.peak_memory_bytes(step, device) if device.type == "cuda" else harness.peak_resident_bytes(step)
-            if peak is not None:
-                extra["peak_bytes"] = peak
-            contenders.append(harness.Contender(name, kind, step, extra))
+        functions = harness.op_functions({"cpp": fused_smoothing(mode)}, eager_smoothing(mode))
+        contenders = [harness.op_contender(name, kind, backend, (lambda fn=fn: fn(x, logits, m)), device)
+                      for name, (kind, backend, fn) in functions.items()]
         _check_same_work(functions, x, logits, m, mode)
         votes = stochnet.functional.vote(logits, m, mode, backend="torch")
         result = harness.compare(contenders, device, nbytes=_bytes(x, logits, m, votes), copy_numel=x.numel() * m,
                                  copy_dtype=DTYPE, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
-        dtype = str(DTYPE).replace("torch.", "")
         cases.append({"title": f"noisy_repeat {tuple(shape)} x{m} + vote[{mode}] K={CLASSES} {dtype}",
                       "shape": list(shape), "copies": m, "classes": CLASSES, "mode": mode, "dtype": dtype,
                       "sigma": SIGMA, **result})
@@ -118,25 +106,16 @@ def _bench_shape(shape, m, device, repeats, warmup, min_sample_s):
 
 
 def notes(device):
-    lines = [
-        "times: median over round-robin samples after warm-up; min and IQR beside it; "
-        "torch.compile's compilation is excluded from timing and shown as compile s",
-        "eager/this and compiled/this: that contender's median over this row's (above 1: this row is faster)",
+    lines = harness.op_notes(
         "one iteration: m noisy copies of x (fresh noise) and the vote of a fixed (B*m, K) logits tensor; "
         "GB/s counts the fused ops' least traffic for every row: read x, write the copies, read the logits, "
-        "write the vote",
-        "% copy: GB/s over dst.copy_(src) of a tensor the size of the copies into already-touched memory "
-        "(read+write bytes), timed in the same round-robin",
-    ]
+        "write the vote", copied="a tensor the size of the copies")
+    peak = harness.peak_note(device, "one iteration")
     if device.type == "cpu":
-        lines.append("peak: resident memory high-water mark above the starting level during one iteration "
-                     "(VmHWM), the fused ops' output pool emptied first; timed iterations reuse the pool's "
-                     "buffers, as repeated smoothing calls do, while eager and compiled allocate their "
-                     "intermediates afresh (DESIGN.md: fresh 32 MB+ allocations page-fault); absolute CPU "
-                     "times are indicative, compare ratios")
-    else:
-        lines.append("peak: CUDA max_memory_allocated above the starting level during one iteration")
-    return lines
+        peak += ("; timed iterations reuse the pool's buffers, as repeated smoothing calls do, while eager and "
+                 "compiled allocate their intermediates afresh (DESIGN.md: fresh 32 MB+ allocations page-fault); "
+                 "absolute CPU times are indicative, compare ratios")
+    return lines + [peak]
 
 
 def run(device, repeats, warmup, quick=False, min_sample_s=MIN_SAMPLE_S):
@@ -148,5 +127,4 @@ def run(device, repeats, warmup, quick=False, min_sample_s=MIN_SAMPLE_S):
     cases = []
     for shape in QUICK_SHAPES if quick else SHAPES:
         cases += _bench_shape(shape, m, device, repeats, warmup, min_sample_s)
-    return {"op": OP, "environment": environment, "repeats": repeats, "warmup": warmup, "quick": quick,
-            "sigma": SIGMA, "skipped": [], "notes": notes(device), "cases": cases}
+    return harness.report(OP, environment, repeats, warmup, quick, cases, notes(device), sigma=SIGMA)

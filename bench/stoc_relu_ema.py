@@ -101,50 +101,25 @@ def _bench_shape(shape, functions, device, repeats, warmup, min_sample_s):
     forward, with_backward = [], []
     for name, (kind, backend, fn) in functions.items():
         sigma = torch.ones(shape[1], device=device)
-        step = _iteration(fn, x, sigma)
-        step_backward = _iteration_with_backward(fn, x_grad, sigma, dy)
-        extra = {"backend": backend} if backend else {}
-        extra_backward = dict(extra)
-        if kind == "compiled":
-            extra["compile_s"] = harness.compile_warmup(step)
-            extra_backward["compile_s"] = harness.compile_warmup(step_backward)
-        extra_backward["saved_bytes"] = harness.saved_tensor_bytes(_iteration(fn, x_grad, sigma))
-        peak = harness.peak_memory_bytes(step_backward, device)
-        if peak is not None:
-            extra_backward["peak_bytes"] = peak
-        forward.append(harness.Contender(name, kind, step, extra))
-        with_backward.append(harness.Contender(name, kind, step_backward, extra_backward))
+        forward.append(harness.op_contender(name, kind, backend, _iteration(fn, x, sigma), device, peak=False))
+        with_backward.append(harness.op_contender(name, kind, backend, _iteration_with_backward(fn, x_grad, sigma, dy),
+                                                  device, saved=_iteration(fn, x_grad, sigma)))
     _check_same_work(functions, x)
 
-    cases = []
-    dtype = str(DTYPE).replace("torch.", "")
-    for label, contenders, nbytes in (("forward", forward, forward_bytes),
-                                      ("forward+backward", with_backward, backward_bytes)):
-        result = harness.compare(contenders, device, nbytes=nbytes, copy_numel=x.numel(), copy_dtype=DTYPE,
-                                 repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
-        cases.append({"title": f"{OP} {tuple(shape)} {dtype} {label}", "shape": list(shape), "dtype": dtype,
-                      "numel": x.numel(), "element_size": x.element_size(), "pass": label, **result})
-    return cases
+    title = f"{OP} {tuple(shape)} {harness.dtype_name(DTYPE)}"
+    passes = (harness.Pass(f"{title} forward", "forward", forward, forward_bytes),
+              harness.Pass(f"{title} forward+backward", "forward+backward", with_backward, backward_bytes))
+    return harness.tensor_cases(x, passes, device, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
 
 
 def notes(device):
-    lines = [
-        "times: median over round-robin samples after warm-up; min and IQR beside it; "
-        "torch.compile's compilation is excluded from timing and shown as compile s",
-        "eager/this and compiled/this: that contender's median over this row's (above 1: this row is faster)",
+    lines = harness.op_notes(
         "GB/s counts the fused op's least traffic for every row: forward reads x, writes y and a "
-        "numel/8-byte mask; forward+backward adds read dy, read mask, write dx",
-        "% copy: GB/s over dst.copy_(src) of a same-size tensor into already-touched memory "
-        "(read+write bytes), timed in the same round-robin",
-        "saved: distinct storages autograd keeps for backward (saved_tensors_hooks)",
-    ]
+        "numel/8-byte mask; forward+backward adds read dy, read mask, write dx")
+    lines.append("saved: distinct storages autograd keeps for backward (saved_tensors_hooks)")
     if device.type == "cpu":
-        lines.append("CPU: a fresh allocation of 32 MB or more page-faults on first touch (DESIGN.md); "
-                     "every contender allocates its outputs (y; dx with backward) per call, as training "
-                     "does; dy is allocated once outside the timed region; absolute CPU times are "
-                     "indicative, compare ratios")
-    else:
-        lines.append("peak: CUDA max_memory_allocated above the starting level during one forward+backward")
+        lines.append(harness.fresh_outputs_note("y; dx with backward"))
+    lines.append(harness.peak_note(device, "one forward+backward"))
     return lines
 
 
@@ -152,14 +127,10 @@ def run(device, repeats, warmup, quick=False, min_sample_s=MIN_SAMPLE_S):
     """Benchmark every contender on every shape; the report :func:`harness.format_report` prints."""
     environment = harness.environment(device)
     backends, skipped = fused_backends(device)
-    functions = {f"fused[{name}]": ("fused", name, fused_stoc_relu_ema(name)) for name in backends}
-    functions["eager"] = ("eager", None, eager_stoc_relu_ema)
-    # dynamic=False: each shape gets its own static-shape kernel, as a user's model would
-    functions["compiled"] = ("compiled", None, torch.compile(eager_stoc_relu_ema, dynamic=False))
+    functions = harness.op_functions({name: fused_stoc_relu_ema(name) for name in backends}, eager_stoc_relu_ema)
     cases = []
     for shape in QUICK_SHAPES if quick else SHAPES:
         cases += _bench_shape(shape, functions, device, repeats, warmup, min_sample_s)
-    return {"op": OP, "environment": environment, "repeats": repeats, "warmup": warmup,
-            "quick": quick, "gamma": GAMMA, "momentum": MOMENTUM,
-            "skipped": [{"name": f"fused[{name}]", "reason": reason} for name, reason in skipped.items()],
-            "notes": notes(device), "cases": cases}
+    return harness.report(OP, environment, repeats, warmup, quick, cases, notes(device),
+                          skipped=[{"name": f"fused[{name}]", "reason": reason} for name, reason in skipped.items()],
+                          gamma=GAMMA, momentum=MOMENTUM)

@@ -119,16 +119,13 @@ def _bench_case(name, shape, device, repeats, warmup):
         if peak is not None:
             extra["peak_bytes"] = peak
         contenders.append(harness.Contender(label, "fused" if label == "fused" else "eager", step, extra))
-    result = harness.compare(contenders, device, nbytes=x.numel() * x.element_size(), copy_numel=x.numel(),
-                             copy_dtype=DTYPE, repeats=repeats, warmup=warmup, references=("eager", "teacher"))
+    result = harness.per_image(harness.compare(contenders, device, nbytes=x.numel() * x.element_size(),
+                                               copy_numel=x.numel(), copy_dtype=DTYPE, repeats=repeats,
+                                               warmup=warmup, references=("eager", "teacher")), shape[0])
     for row in result["results"]:
-        # bytes per second of a training step say nothing: images per second instead
-        row.pop("gbps")
-        row.pop("fraction_of_copy")
-        row["images_per_s"] = shape[0] / row["median_s"]
         row["step_over_teacher"] = 1.0 / row["teacher_over_this"]
-    return {"title": f"{OP} {name} {tuple(shape)} float32", "model": name, "shape": list(shape),
-            "pass": "train step", **result}
+    return {"title": f"{OP} {name} {tuple(shape)} {harness.dtype_name(DTYPE)}", "model": name,
+            "shape": list(shape), "pass": "train step", **result}
 
 
 def _summary(cases):
@@ -153,10 +150,10 @@ def notes(device, cases):
         "eager/this: the eager student's median over this row's; step_over_teacher in the JSON: this row's "
         "median over the teacher's",
         "saved: distinct storages autograd keeps for backward during the forward and loss (weights included)",
-        "the fused-op bytes and copy columns are the input batch and its copy, for scale only",
+        harness.SCALE_ONLY_NOTE,
     ]
     if device.type == "cuda":
-        lines.append("peak: CUDA max_memory_allocated above the starting level during one training step")
+        lines.append(harness.peak_note(device, "one training step"))
     else:
         lines.append("CPU: absolute times are indicative, compare ratios; peak memory is a CUDA statistic")
     return lines + _summary(cases)
@@ -164,7 +161,7 @@ def notes(device, cases):
 
 def run(device, repeats, warmup, quick=False):
     """Benchmark the three contenders on every (model, batch); the report :func:`harness.format_report` prints."""
+    environment = harness.environment(device)
     cases = [_bench_case(name, shape, device, repeats, warmup) for name, shape in (QUICK_CASES if quick else CASES)]
-    return {"op": OP, "environment": harness.environment(device), "repeats": repeats, "warmup": warmup,
-            "quick": quick, "gamma": GAMMA, "momentum": MOMENTUM, "target_step_over_teacher": TARGET,
-            "skipped": [], "notes": notes(device, cases), "cases": cases}
+    return harness.report(OP, environment, repeats, warmup, quick, cases, notes(device, cases), gamma=GAMMA,
+                          momentum=MOMENTUM, target_step_over_teacher=TARGET)

@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .blocks import block_range
 from .checks import check_device, floating_dtypes
 from .philox import check_seed, normals_block, normals_rows
 
@@ -43,12 +44,7 @@ _SCALAR, _CHANNEL, _ELEMENT = 0, 1, 2
 def _forward_kernel(x_ptr, theta_ptr, y_ptr, numel, inner, C, F, seed, offset,
                     MODE: tl.constexpr, COMPUTE: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
     """y for memory positions [pid * BLOCK, (pid + 1) * BLOCK)."""
-    pid = tl.program_id(0)
-    if INDEX_64:
-        pid = pid.to(tl.int64)
-    start = pid * BLOCK
-    index = start + tl.arange(0, BLOCK)
-    valid = index < numel
+    start, index, valid = block_range(numel, INDEX_64, BLOCK)
     x = tl.load(x_ptr + index, mask=valid, other=0.0).to(COMPUTE)
     if MODE == 0:
         theta = tl.load(theta_ptr).to(COMPUTE)

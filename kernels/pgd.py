@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .blocks import block_range
 from .checks import check_device, floating_dtypes
 from .philox import (
     check_seed,
@@ -106,11 +107,7 @@ def _linf_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, mom_ptr, eps_ptr, alpha_ptr, d
                  numel, K, MIM: tl.constexpr, COMPUTE: tl.constexpr, INDEX_64: tl.constexpr,
                  BLOCK: tl.constexpr):
     """linf PGD step (MIM: along the updated momentum) for memory positions of one block."""
-    pid = tl.program_id(0)
-    if INDEX_64:
-        pid = pid.to(tl.int64)
-    index = pid * BLOCK + tl.arange(0, BLOCK)
-    valid = index < numel
+    _, index, valid = block_range(numel, INDEX_64, BLOCK)
     sample = index // K
     lo = tl.load(params_ptr)
     hi = tl.load(params_ptr + 1)
@@ -137,11 +134,7 @@ def _linf_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, mom_ptr, eps_ptr, alpha_ptr, d
 def _l2_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, scale_ptr, factor_ptr, params_ptr, out_ptr,
                numel, K, COMPUTE: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
     """out = clamp(x_orig + delta * factor_b, lo, hi), delta as in the delta-squares reduction."""
-    pid = tl.program_id(0)
-    if INDEX_64:
-        pid = pid.to(tl.int64)
-    index = pid * BLOCK + tl.arange(0, BLOCK)
-    valid = index < numel
+    _, index, valid = block_range(numel, INDEX_64, BLOCK)
     sample = index // K
     lo = tl.load(params_ptr)
     hi = tl.load(params_ptr + 1)
@@ -157,12 +150,7 @@ def _l2_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, scale_ptr, factor_ptr, params_pt
 def _random_start_kernel(x_ptr, eps_ptr, factor_ptr, params_ptr, out_ptr, numel, K, seed, offset,
                          L2: tl.constexpr, COMPUTE: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
     """linf: x + eps_b * (2u - 1) (2u - 1 in float32); l2: x + z * factor_b; then clamp to [lo, hi]."""
-    pid = tl.program_id(0)
-    if INDEX_64:
-        pid = pid.to(tl.int64)
-    start = pid * BLOCK
-    index = start + tl.arange(0, BLOCK)
-    valid = index < numel
+    start, index, valid = block_range(numel, INDEX_64, BLOCK)
     sample = index // K
     lo = tl.load(params_ptr)
     hi = tl.load(params_ptr + 1)

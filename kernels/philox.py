@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .blocks import block_range
+
 BLOCK = 1024
 _WORDS, _UNIFORMS, _NORMALS = 0, 1, 2
 
@@ -63,15 +65,14 @@ def normals_rows(seed, offset, row_start, BLOCK_K: tl.constexpr):
 
 @triton.jit(do_not_specialize=["seed", "offset"])
 def _stream_kernel(out_ptr, numel, seed, offset, KIND: tl.constexpr, BLOCK: tl.constexpr):
-    start = tl.program_id(0).to(tl.int64) * BLOCK
-    index = start + tl.arange(0, BLOCK)
+    start, index, valid = block_range(numel, True, BLOCK)
     if KIND == 0:
         values = words_block(seed, offset, start, BLOCK).to(tl.int32, bitcast=True)
     elif KIND == 1:
         values = uniforms_block(seed, offset, start, BLOCK)
     else:
         values = normals_block(seed, offset, start, BLOCK)
-    tl.store(out_ptr + index, values, mask=index < numel)
+    tl.store(out_ptr + index, values, mask=valid)
 
 
 def check_seed(seed, offset):

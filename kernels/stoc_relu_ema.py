@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .blocks import block_range
 from .checks import check_device, floating_dtypes
 from .philox import check_seed, normals_block, normals_rows
 
@@ -100,12 +101,7 @@ def _tile_kernel(x_ptr, scale_ptr, y_ptr, mask_ptr, shift_ptr, dsum_ptr, dsq_ptr
 def _flat_kernel(x_ptr, scale_ptr, y_ptr, mask_ptr, numel, K, C, seed, offset,
                  INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
     """y and mask for memory positions [pid * BLOCK, (pid + 1) * BLOCK); channel = (p // K) % C."""
-    pid = tl.program_id(0)
-    if INDEX_64:
-        pid = pid.to(tl.int64)
-    start = pid * BLOCK
-    index = start + tl.arange(0, BLOCK)
-    valid = index < numel
+    start, index, valid = block_range(numel, INDEX_64, BLOCK)
     x = tl.load(x_ptr + index, mask=valid, other=0.0).to(scale_ptr.dtype.element_ty)
     scale = tl.load(scale_ptr + (index // K) % C, mask=valid, other=0.0)
     z = normals_block(seed, offset, start, BLOCK)
@@ -118,12 +114,7 @@ def _flat_kernel(x_ptr, scale_ptr, y_ptr, mask_ptr, numel, K, C, seed, offset,
 
 @triton.jit
 def _mask_backward_kernel(grad_ptr, mask_ptr, out_ptr, numel, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    if INDEX_64:
-        pid = pid.to(tl.int64)
-    start = pid * BLOCK
-    index = start + tl.arange(0, BLOCK)
-    valid = index < numel
+    start, index, valid = block_range(numel, INDEX_64, BLOCK)
     grad = tl.load(grad_ptr + index, mask=valid, other=0.0)
     byte = start // 8 + tl.arange(0, BLOCK // 8)
     packed = tl.load(mask_ptr + byte, mask=byte < (numel + 7) // 8, other=0).to(tl.int32)

@@ -97,6 +97,90 @@ def test_saved_bytes_fused_keeps_only_the_bit_mask(quick_run):
             assert all("saved_bytes" not in row for row in case["results"])
 
 
+def cpu_peak_available():
+    return harness.peak_resident_bytes(lambda: None) is not None
+
+
+def assert_cpu_peak_per_contender(stored, measured_pass):
+    """Every row of the ``measured_pass`` cases has a CPU peak, the other passes none, and a note says
+    what the peak measures."""
+    if not cpu_peak_available():
+        pytest.skip("no resettable resident high-water mark (/proc/self/clear_refs) here")
+    for case in stored["cases"]:
+        for row in case["results"]:
+            if case["pass"] == measured_pass:
+                assert isinstance(row["peak_bytes"], int) and row["peak_bytes"] >= 0, (case["title"], row)
+            else:
+                assert "peak_bytes" not in row
+    assert any(note.startswith("peak: resident memory high-water mark") for note in stored["notes"])
+
+
+def test_backward_rows_report_the_cpu_peak(quick_run):
+    _, stored = quick_run
+    assert_cpu_peak_per_contender(stored, "forward+backward")
+
+
+def test_peak_resident_bytes_sees_a_fresh_allocation():
+    if not cpu_peak_available():
+        pytest.skip("no resettable resident high-water mark (/proc/self/clear_refs) here")
+    nbytes = 48 * 2**20
+    peak = harness.peak_resident_bytes(lambda: torch.ones(nbytes // 4).sum())
+    assert nbytes * 0.9 <= peak <= nbytes * 1.5
+
+
+def test_cpu_peak_bytes_leaves_out_one_time_costs_of_a_first_call():
+    if not cpu_peak_available():
+        pytest.skip("no resettable resident high-water mark (/proc/self/clear_refs) here")
+    nbytes = 48 * 2**20
+
+    def first_call_costs():
+        kept = []
+        return lambda: kept or kept.append(torch.ones(nbytes // 4))  # allocated on the first call only
+
+    assert harness.peak_resident_bytes(first_call_costs()) >= nbytes * 0.9
+    assert harness.peak_bytes(first_call_costs(), torch.device("cpu")) < nbytes * 0.1
+
+
+def test_peak_note_says_what_is_measured():
+    assert harness.peak_note(torch.device("cpu"), "one step").startswith(
+        "peak: resident memory high-water mark above the starting level during one step (VmHWM), after an "
+        "untimed call")
+    assert harness.peak_note(torch.device("cuda"), "one step") == \
+        "peak: CUDA max_memory_allocated above the starting level during one step"
+
+
+def test_report_orders_its_keys_and_copies_skipped():
+    skipped = ({"name": "fused[triton]", "reason": "not built"},)
+    report = harness.report("op", {"device": "cpu"}, 3, 1, True, ["case"], ["note"], skipped, eps=0.5, steps=2)
+    assert list(report) == ["op", "environment", "repeats", "warmup", "quick", "eps", "steps", "skipped", "notes",
+                            "cases"]
+    assert report["skipped"] == list(skipped) and report["eps"] == 0.5 and report["cases"] == ["case"]
+
+
+def test_per_image_replaces_bandwidth_with_images_per_second():
+    result = {"results": [{"name": "a", "median_s": 0.5, "gbps": 1.0, "fraction_of_copy": 0.1}]}
+    assert harness.per_image(result, 4)["results"] == [{"name": "a", "median_s": 0.5, "images_per_s": 8.0}]
+
+
+def test_op_contender_compiles_and_measures():
+    calls = []
+    contender = harness.op_contender("compiled", "compiled", None, lambda: calls.append(1), torch.device("cpu"),
+                                     saved=lambda: torch.relu(torch.ones(3, requires_grad=True)), peak=False)
+    assert contender.name == "compiled" and len(calls) == 2  # compile_warmup calls it twice
+    assert set(contender.extra) == {"compile_s", "saved_bytes"} and contender.extra["saved_bytes"] == 12
+    fused = harness.op_contender("fused[cpp]", "fused", "cpp", lambda: None, torch.device("cpu"))
+    assert fused.extra["backend"] == "cpp" and "compile_s" not in fused.extra
+    assert ("peak_bytes" in fused.extra) == cpu_peak_available()
+
+
+def test_op_functions_name_every_contender():
+    eager = lambda x: x + 1  # noqa: E731
+    functions = harness.op_functions({"cpp": abs, "triton": abs}, eager)
+    assert list(functions) == ["fused[cpp]", "fused[triton]", "eager", "compiled"]
+    assert functions["fused[cpp]"] == ("fused", "cpp", abs) and functions["eager"] == ("eager", None, eager)
+    assert functions["compiled"][:2] == ("compiled", None)
+
+
 def test_table_prints_every_case(quick_run):
     report, _ = quick_run
     text = harness.format_report(report)
@@ -140,6 +224,24 @@ def test_perturb_quick_run(tmp_path):
         if case["pass"] == "forward+backward":
             assert rows["fused[cpp]"]["saved_bytes"] == features * size + 2 * 8  # theta and (seed, offset)
             assert rows["eager"]["saved_bytes"] == numel * size  # the noise tensor
+    assert_cpu_peak_per_contender(stored, "forward+backward")
+
+
+def test_pgd_quick_run(tmp_path):
+    """The PGD benchmark runs quick: one linf step per shape, its traffic and a CPU peak per contender."""
+    path = tmp_path / "pgd.json"
+    report, _ = main(["--op", "pgd", "--device", "cpu", "--quick", "--repeats", "1", "--warmup", "0",
+                      "--json", str(path)])
+    stored = json.loads(path.read_text())
+    assert stored == json.loads(json.dumps(report)) and stored["op"] == "pgd"
+    assert [case["pass"] for case in stored["cases"]] == ["forward"]
+    for case in stored["cases"]:
+        assert case["bytes_moved"] == 4 * case["numel"] * case["element_size"]
+        rows = {row["name"]: row for row in case["results"]}
+        assert set(rows) == CONTENDERS
+        for name, row in rows.items():
+            assert positive_finite(row["median_s"]) and positive_finite(row["gbps"]), (name, row)
+    assert_cpu_peak_per_contender(stored, "forward")
 
 
 def test_attacks_quick_run(tmp_path):
