@@ -41,7 +41,7 @@ _PLANAR, _ROWS = 0, 1
 def _relu_and_bits(x, scale, z, valid):
     """v = x + scale * z in x's dtype; returns (relu(v) propagating NaN, bit [v > 0] as int32)."""
     v = x + scale * z.to(x.dtype)
-    y = tl.where(v <= 0, 0.0, v)
+    y = tl.where(v < 0, 0.0, v)  # -0 and NaN pass through, as torch.relu
     return y, (valid & (v > 0)).to(tl.int32)
 
 

@@ -165,6 +165,18 @@ def test_statistics_sound_for_large_means():
     torch.testing.assert_close(sigma.double(), x.double().std(dim=(0, 2, 3)), rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(3, 2, 8, 8), (40, 3)])
+def test_signed_zeros_as_torch_relu(backend, shape):
+    # sigma 0: v = -0 + 0 * z is -0 where z < 0 and +0 elsewhere; relu keeps the sign, as torch.relu.
+    x = torch.full(shape, -0.0, device=DEVICE)
+    sigma = torch.zeros(shape[1], device=DEVICE)
+    y = run(backend, x, sigma.clone(), training=False)
+    y_ref, _ = ops.reference(x, sigma, 0.7, 0.3, False, *PHILOX.tolist())
+    assert torch.equal(torch.signbit(y), torch.signbit(y_ref))
+    assert 0 < int(torch.signbit(y).sum()) < y.numel()
+
+
 def test_nan_propagates():
     x, sigma = make_input((2, 3, 4, 4), "contiguous")
     x[0, 1, 2, 2] = float("nan")

@@ -38,10 +38,8 @@ inline RawI interleave(RawI even, RawI odd) { return _mm512_mask_blend_epi32(0xA
 inline RawI xor3(RawI a, RawI b, RawI c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }
 inline void store_words(uint32_t* out, RawI w) { _mm512_storeu_si512(out, w); }
 inline VecI as_vec(RawI w) { return VecI(w); }
-// Bit l of the result = lane l of `flags` is set (all-ones lanes from a comparison).
-inline uint32_t movemask(const VecF& flags) {
-  return _mm512_movepi32_mask(_mm512_castps_si512(flags));
-}
+// Bit l of the result = lane l of v is > 0 (NaN: 0).
+inline uint32_t positive_lanes(const VecF& v) { return _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ); }
 inline VecF select_lanes(uint32_t bits, const VecF& v) { return _mm512_maskz_mov_ps(static_cast<__mmask16>(bits), v); }
 // Non-temporal store to a 64-byte aligned address: no read-for-ownership of the line.
 inline void store_stream(float* p, const VecF& v) { _mm512_stream_ps(p, v); }
@@ -72,7 +70,9 @@ inline RawI interleave(RawI even, RawI odd) { return _mm256_blend_epi32(even, _m
 inline RawI xor3(RawI a, RawI b, RawI c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
 inline void store_words(uint32_t* out, RawI w) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), w); }
 inline VecI as_vec(RawI w) { return VecI(w); }
-inline uint32_t movemask(const VecF& flags) { return static_cast<uint32_t>(_mm256_movemask_ps(flags)); }
+inline uint32_t positive_lanes(const VecF& v) {
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ)));
+}
 inline VecF select_lanes(uint32_t bits, const VecF& v) {
   const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   const __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(broadcast(bits), lane_bit), lane_bit);
@@ -131,11 +131,11 @@ inline void store_words(uint32_t* out, RawI w) {
   for (int l = 0; l < kLanes; ++l) out[l] = w.v[l];
 }
 inline VecI as_vec(RawI w) { return VecI::loadu(w.v); }
-inline uint32_t movemask(const VecF& flags) {
-  alignas(64) int32_t lanes[kLanes];
-  at::vec::cast<int32_t>(flags).store(lanes);
+inline uint32_t positive_lanes(const VecF& v) {
+  alignas(64) float lanes[kLanes];
+  v.store(lanes);
   uint32_t bits = 0;
-  for (int l = 0; l < kLanes; ++l) bits |= static_cast<uint32_t>(lanes[l] != 0) << l;
+  for (int l = 0; l < kLanes; ++l) bits |= static_cast<uint32_t>(lanes[l] > 0.0f) << l;
   return bits;
 }
 inline VecF select_lanes(uint32_t bits, const VecF& v) {
@@ -162,6 +162,22 @@ inline void stream_fence() {
 // Outputs at least this large are written with non-temporal stores: they do not fit in the
 // cache anyway, and skipping the read-for-ownership saves a third of the memory traffic.
 constexpr int64_t kStreamBytes = 8 << 20;
+
+// The kernels compute a block's normals, then read and write its elements. Fetching the lines
+// of the block kPrefetchBlocks ahead before that compute lets the memory traffic overlap it: the
+// hardware prefetcher alone leaves the loads and the stores' line fills waiting after it
+// (StocReLU-EMA's training pass at (128, 16, 28, 28), single-threaded: 1.5-1.65x the time of its
+// normals alone with this, 1.8-1.9x without).
+constexpr int64_t kPrefetchBlocks = 4;
+
+// Prefetches the cache lines of in[0, n) for reading and, unless out is null, out[0, n) for writing.
+template <typename T>
+inline void prefetch_lines(const T* in, T* out, int64_t n) {
+  for (int64_t i = 0; i < n; i += 64 / static_cast<int64_t>(sizeof(T))) {
+    __builtin_prefetch(in + i, 0, 3);
+    if (out != nullptr) __builtin_prefetch(out + i, 1, 3);
+  }
+}
 
 // ---- ISA-independent pieces --------------------------------------------------------
 // Each step below runs on kGroups independent vectors side by side: the polynomial and

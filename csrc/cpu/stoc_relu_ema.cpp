@@ -63,7 +63,7 @@ template <typename scalar_t, bool kTraining>
 inline void scalar_step(const scalar_t x, scalar_t& y, float z, scalar_t scale, scalar_t shift, uint8_t* bits,
                         int bit, scalar_t& sum, scalar_t& sum_sq) {
   const scalar_t v = x + scale * static_cast<scalar_t>(z);
-  y = v <= scalar_t(0) ? scalar_t(0) : v;  // NaN propagates
+  y = v < scalar_t(0) ? scalar_t(0) : v;  // as torch.relu: -0 and NaN pass through
   if (v > scalar_t(0)) bits[bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
   if constexpr (kTraining) {
     const scalar_t d = x - shift;
@@ -79,13 +79,13 @@ inline void vector_step(const float* x, float* y, const float* z, const VecF& sc
   const VecF zero(0.0f);
   const VecF xv = VecF::loadu(x);
   const VecF v = xv + scale * VecF::loadu(z);
-  const VecF out = VecF::blendv(v, zero, v <= zero);
+  const VecF out = at::vec::clamp_min(v, zero);  // max(0, v): -0 and NaN pass through, as torch.relu
   if (stream) {
     store_stream(y, out);
   } else {
     out.store(y);
   }
-  const uint32_t lanes = movemask(v > zero);
+  const uint32_t lanes = positive_lanes(v);
   std::memcpy(bits + bit / 8, &lanes, kLanes / 8);
   if constexpr (kTraining) {
     const VecF d = xv - shift;
@@ -115,9 +115,17 @@ void planar_run(const ForwardArgs<scalar_t>& a, int64_t start, int64_t n, int64_
 // channel stay in vector accumulators across vectors and blocks, and reach the channel's double
 // totals when the channel changes or every kFlushBlocks blocks.
 struct PlaneCursor {
-  int64_t plane, plane_end;  // the plane of the next element, and where it ends
-  int64_t channel = -1;      // the channel the accumulators hold
+  int64_t plane_end;      // where the plane of the next element ends
+  int64_t plane_channel;  // that plane's channel
+  int64_t channel = -1;   // the channel the accumulators hold
   VecF sum{0.0f}, sum_sq{0.0f};
+
+  // The channel of the plane after the current one (no division in the loop).
+  int64_t next_channel(int64_t channels) const { return plane_channel + 1 == channels ? 0 : plane_channel + 1; }
+  void next_plane(int64_t inner, int64_t channels) {
+    plane_end += inner;
+    plane_channel = next_channel(channels);
+  }
 
   void flush(double* total) {
     if (channel < 0) return;
@@ -142,15 +150,15 @@ void planar_vector_block(const ForwardArgs<float>& a, int64_t begin, int64_t end
   int64_t e = begin;
   for (; e + kLanes <= end; e += kLanes) {
     const int bit = static_cast<int>(e - begin);
-    const int64_t c = cur.plane % a.channels;
+    const int64_t c = cur.plane_channel;
     if (e + kLanes <= cur.plane_end) {
       if constexpr (kTraining) cur.select(c, total);
       vector_step<kTraining>(a.x + e, a.y + e, z + bit, VecF(a.scale[c]), VecF(a.shift[c]), bits, bit, a.stream,
                              cur.sum, cur.sum_sq);
-      if (e + kLanes == cur.plane_end) ++cur.plane, cur.plane_end += a.inner;
+      if (e + kLanes == cur.plane_end) cur.next_plane(a.inner, a.channels);
       continue;
     }
-    const int64_t next = (cur.plane + 1) % a.channels;
+    const int64_t next = cur.next_channel(a.channels);
     const VecF in_next = lane >= VecF(static_cast<float>(cur.plane_end - e));
     const VecF scale = VecF::blendv(VecF(a.scale[c]), VecF(a.scale[next]), in_next);
     const VecF shift = VecF::blendv(VecF(a.shift[c]), VecF(a.shift[next]), in_next);
@@ -164,10 +172,10 @@ void planar_vector_block(const ForwardArgs<float>& a, int64_t begin, int64_t end
       cur.sum = cur.sum + VecF::blendv(zero, s, in_next);
       cur.sum_sq = cur.sum_sq + VecF::blendv(zero, s2, in_next);
     }
-    ++cur.plane, cur.plane_end += a.inner;
+    cur.next_plane(a.inner, a.channels);
   }
   for (; e < end; ++e) {  // the tensor's last elements
-    const int64_t c = cur.plane % a.channels;
+    const int64_t c = cur.plane_channel;
     float sum = 0, sum_sq = 0;
     scalar_step<float, kTraining>(a.x[e], a.y[e], z[e - begin], a.scale[c], a.shift[c], bits,
                                   static_cast<int>(e - begin), sum, sum_sq);
@@ -175,7 +183,7 @@ void planar_vector_block(const ForwardArgs<float>& a, int64_t begin, int64_t end
       total[2 * c] += sum;
       total[2 * c + 1] += sum_sq;
     }
-    if (e + 1 == cur.plane_end) ++cur.plane, cur.plane_end += a.inner;
+    if (e + 1 == cur.plane_end) cur.next_plane(a.inner, a.channels);
   }
 }
 
@@ -221,9 +229,15 @@ void forward_blocks(const ForwardArgs<scalar_t>& a, Layout layout, int64_t first
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const bool vector_planes = kFloat && layout == Layout::kPlanar && a.inner >= kLanes;
   PlaneCursor cur{0, 0};
-  if (vector_planes) cur.plane = first * kBlock / a.inner, cur.plane_end = (cur.plane + 1) * a.inner;
+  if (vector_planes) {
+    const int64_t plane = first * kBlock / a.inner;
+    cur.plane_end = (plane + 1) * a.inner;
+    cur.plane_channel = plane % a.channels;
+  }
   for (int64_t block = first; block < last; ++block) {
     const int64_t begin = block * kBlock, end = std::min(begin + kBlock, a.numel);
+    if (const int64_t ahead = begin + kPrefetchBlocks * kBlock; ahead < a.numel)
+      prefetch_lines(a.x + ahead, a.stream ? nullptr : a.y + ahead, std::min<int64_t>(kBlock, a.numel - ahead));
     normal_block(a.seed, a.offset + static_cast<uint64_t>(begin / 4), z);
     std::memset(bits, 0, sizeof(bits));
     const bool flush = kTraining && (block - first + 1) % kFlushBlocks == 0;

@@ -78,7 +78,7 @@ __device__ void unit_normals(uint64_t seed, uint64_t offset, int64_t u, float (&
 }
 
 // y and mask byte of unit u: v = x + (scale * z) with the product rounded first (built with
-// --fmad=false), y = v unless v <= 0 (NaN propagates), bit j = [v > 0].
+// --fmad=false), y = v unless v < 0 (-0 and NaN pass through, as torch.relu), bit j = [v > 0].
 template <typename T, typename A>
 __device__ void noisy_relu_unit(const A (&xv)[8], const A (&scale)[8], uint64_t seed, uint64_t offset,
                                 int64_t u, int valid, bool vec, T* __restrict__ y,
@@ -91,7 +91,7 @@ __device__ void noisy_relu_unit(const A (&xv)[8], const A (&scale)[8], uint64_t 
   for (int j = 0; j < kUnit; ++j) {
     const A noise = scale[j] * static_cast<A>(z[j]);
     const A v = xv[j] + noise;
-    out[j] = v <= A(0) ? A(0) : v;
+    out[j] = v < A(0) ? A(0) : v;
     bits |= (j < valid && v > A(0)) ? (1u << j) : 0u;
   }
   store_unit(y, kUnit * u, valid, vec, out);
