@@ -2,6 +2,7 @@
 every field the benchmark promises, with positive finite numbers."""
 import json
 import math
+import mmap
 from pathlib import Path
 
 import pytest
@@ -120,11 +121,20 @@ def test_backward_rows_report_the_cpu_peak(quick_run):
     assert_cpu_peak_per_contender(stored, "forward+backward")
 
 
+def fresh_pages(nbytes):
+    """An anonymous mapping of ``nbytes`` with every page touched: resident memory that no earlier
+    allocation can supply (a malloc of that size may reuse free heap pages that are resident already)."""
+    pages = mmap.mmap(-1, nbytes)
+    for offset in range(0, nbytes, mmap.PAGESIZE):
+        pages[offset] = 1
+    return pages
+
+
 def test_peak_resident_bytes_sees_a_fresh_allocation():
     if not cpu_peak_available():
         pytest.skip("no resettable resident high-water mark (/proc/self/clear_refs) here")
     nbytes = 48 * 2**20
-    peak = harness.peak_resident_bytes(lambda: torch.ones(nbytes // 4).sum())
+    peak = harness.peak_resident_bytes(lambda: fresh_pages(nbytes).close())
     assert nbytes * 0.9 <= peak <= nbytes * 1.5
 
 
@@ -135,7 +145,7 @@ def test_cpu_peak_bytes_leaves_out_one_time_costs_of_a_first_call():
 
     def first_call_costs():
         kept = []
-        return lambda: kept or kept.append(torch.ones(nbytes // 4))  # allocated on the first call only
+        return lambda: kept or kept.append(fresh_pages(nbytes))  # allocated on the first call only
 
     assert harness.peak_resident_bytes(first_call_costs()) >= nbytes * 0.9
     assert harness.peak_bytes(first_call_costs(), torch.device("cpu")) < nbytes * 0.1
