@@ -130,8 +130,7 @@ void forward(const at::Tensor& x, const ThetaMap<scalar_t>& map, uint64_t seed, 
     alignas(64) float z[kBlock];
     for (int64_t block = first; block < last; ++block) {
       const int64_t begin = block * kBlock, end = std::min(begin + kBlock, numel);
-      if (const int64_t ahead = begin + kPrefetchBlocks * kBlock; ahead < numel)
-        prefetch_lines(xp + ahead, stream ? nullptr : yp + ahead, std::min<int64_t>(kBlock, numel - ahead));
+      prefetch_ahead(xp, stream ? nullptr : yp, begin, numel);
       normal_block(seed, offset + static_cast<uint64_t>(begin / 4), z);
       if (map.tiled) {
         forward_tiled(xp + begin, yp + begin, z, end - begin, begin, map, stream);
@@ -256,8 +255,7 @@ std::vector<double> backward(const at::Tensor& grad, const ThetaMap<scalar_t>& m
     alignas(64) float z[kBlock];
     for (int64_t block = first; block < last; ++block) {
       const int64_t begin = block * kBlock, end = std::min(begin + kBlock, numel);
-      if (const int64_t ahead = begin + kPrefetchBlocks * kBlock; ahead < numel)
-        prefetch_lines<scalar_t>(gp + ahead, nullptr, std::min<int64_t>(kBlock, numel - ahead));
+      prefetch_ahead<scalar_t>(gp, nullptr, begin, numel);
       normal_block(seed, offset + static_cast<uint64_t>(begin / 4), z);
       if (map.tiled) {
         tiled_sums(gp + begin, z, end - begin, begin, map.features, tile.data());

@@ -120,7 +120,11 @@ struct PlaneCursor {
   int64_t channel = -1;   // the channel the accumulators hold
   VecF sum{0.0f}, sum_sq{0.0f};
 
-  // The channel of the plane after the current one (no division in the loop).
+  // The cursor at memory position p (the one division; the loop steps without any).
+  static PlaneCursor at(int64_t p, int64_t inner, int64_t channels) {
+    const int64_t plane = p / inner;
+    return {(plane + 1) * inner, plane % channels};
+  }
   int64_t next_channel(int64_t channels) const { return plane_channel + 1 == channels ? 0 : plane_channel + 1; }
   void next_plane(int64_t inner, int64_t channels) {
     plane_end += inner;
@@ -139,20 +143,25 @@ struct PlaneCursor {
     flush(total);
     channel = c;
   }
+  void add(int64_t c, const VecF& s, const VecF& s2, double* total) {
+    select(c, total);
+    sum = sum + s;
+    sum_sq = sum_sq + s2;
+  }
 };
 
 // Block [begin, end) of a planar float tensor with a.inner >= kLanes. A vector that straddles
 // two planes takes each lane's channel scale and shift, and splits its sums between the two.
 template <bool kTraining>
 void planar_vector_block(const ForwardArgs<float>& a, int64_t begin, int64_t end, const float* z, uint8_t* bits,
-                         PlaneCursor& cur, double* total) {
+                         PlaneCursor& cur, ChannelSums<float>& sums) {
   const VecF zero(0.0f), lane = VecF::arange(0.0f, 1.0f);
   int64_t e = begin;
   for (; e + kLanes <= end; e += kLanes) {
     const int bit = static_cast<int>(e - begin);
     const int64_t c = cur.plane_channel;
     if (e + kLanes <= cur.plane_end) {
-      if constexpr (kTraining) cur.select(c, total);
+      if constexpr (kTraining) cur.select(c, sums.total);
       vector_step<kTraining>(a.x + e, a.y + e, z + bit, VecF(a.scale[c]), VecF(a.shift[c]), bits, bit, a.stream,
                              cur.sum, cur.sum_sq);
       if (e + kLanes == cur.plane_end) cur.next_plane(a.inner, a.channels);
@@ -165,26 +174,15 @@ void planar_vector_block(const ForwardArgs<float>& a, int64_t begin, int64_t end
     VecF s(0.0f), s2(0.0f);
     vector_step<kTraining>(a.x + e, a.y + e, z + bit, scale, shift, bits, bit, a.stream, s, s2);
     if constexpr (kTraining) {
-      cur.select(c, total);
-      cur.sum = cur.sum + VecF::blendv(s, zero, in_next);
-      cur.sum_sq = cur.sum_sq + VecF::blendv(s2, zero, in_next);
-      cur.select(next, total);
-      cur.sum = cur.sum + VecF::blendv(zero, s, in_next);
-      cur.sum_sq = cur.sum_sq + VecF::blendv(zero, s2, in_next);
+      cur.add(c, VecF::blendv(s, zero, in_next), VecF::blendv(s2, zero, in_next), sums.total);
+      cur.add(next, VecF::blendv(zero, s, in_next), VecF::blendv(zero, s2, in_next), sums.total);
     }
     cur.next_plane(a.inner, a.channels);
   }
-  for (; e < end; ++e) {  // the tensor's last elements
-    const int64_t c = cur.plane_channel;
-    float sum = 0, sum_sq = 0;
-    scalar_step<float, kTraining>(a.x[e], a.y[e], z[e - begin], a.scale[c], a.shift[c], bits,
-                                  static_cast<int>(e - begin), sum, sum_sq);
-    if constexpr (kTraining) {
-      total[2 * c] += sum;
-      total[2 * c + 1] += sum_sq;
-    }
-    if (e + 1 == cur.plane_end) cur.next_plane(a.inner, a.channels);
-  }
+  // The tensor's last elements: fewer than kLanes <= inner, so inside its last plane.
+  if (e < end)
+    planar_run<float, kTraining>(a, e, end - e, cur.plane_channel, z + (e - begin), static_cast<int>(e - begin),
+                                 bits, sums);
 }
 
 // Elements [start, start + n) of the rows layout (channel = position mod channels).
@@ -226,31 +224,23 @@ void forward_blocks(const ForwardArgs<scalar_t>& a, Layout layout, int64_t first
                     ChannelSums<scalar_t>& sums) {
   alignas(64) float z[kBlock];
   uint8_t bits[kBlock / 8];
-  constexpr bool kFloat = std::is_same_v<scalar_t, float>;
-  const bool vector_planes = kFloat && layout == Layout::kPlanar && a.inner >= kLanes;
-  PlaneCursor cur{0, 0};
-  if (vector_planes) {
-    const int64_t plane = first * kBlock / a.inner;
-    cur.plane_end = (plane + 1) * a.inner;
-    cur.plane_channel = plane % a.channels;
-  }
+  const bool vector_planes = std::is_same_v<scalar_t, float> && layout == Layout::kPlanar && a.inner >= kLanes;
+  PlaneCursor cur = vector_planes ? PlaneCursor::at(first * kBlock, a.inner, a.channels) : PlaneCursor{0, 0};
   for (int64_t block = first; block < last; ++block) {
     const int64_t begin = block * kBlock, end = std::min(begin + kBlock, a.numel);
-    if (const int64_t ahead = begin + kPrefetchBlocks * kBlock; ahead < a.numel)
-      prefetch_lines(a.x + ahead, a.stream ? nullptr : a.y + ahead, std::min<int64_t>(kBlock, a.numel - ahead));
+    prefetch_ahead(a.x, a.stream ? nullptr : a.y, begin, a.numel);
     normal_block(a.seed, a.offset + static_cast<uint64_t>(begin / 4), z);
     std::memset(bits, 0, sizeof(bits));
     const bool flush = kTraining && (block - first + 1) % kFlushBlocks == 0;
-    if constexpr (kFloat) {
-      if (vector_planes) {
-        planar_vector_block<kTraining>(a, begin, end, z, bits, cur, sums.total);
-        if (flush) cur.flush(sums.total);
-      }
-    }
     if (layout == Layout::kRows) {
       rows_run<scalar_t, kTraining>(a, begin, end - begin, z, 0, bits, sums);
       if (flush) sums.flush(a.channels);
-    } else if (!vector_planes) {
+    } else if (vector_planes) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        planar_vector_block<kTraining>(a, begin, end, z, bits, cur, sums);
+        if (flush) cur.flush(sums.total);
+      }
+    } else {
       for (int64_t e = begin; e < end;) {
         const int64_t plane = e / a.inner;
         const int64_t run_end = std::min((plane + 1) * a.inner, end);
