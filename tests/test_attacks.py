@@ -190,10 +190,11 @@ def test_eot_one_forward_per_step_with_eot_times_batch(stochastic_cnn, mnist):
     calls = []
     stochastic_cnn.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     EOTPGD(stochastic_cnn, eps=0.1, alpha=0.02, steps=3, eot_samples=4)(x, y)
-    assert calls == [20, 20, 20]
+    # the copy engine's probe runs the model on one and two rows first
+    assert max(calls[:-3]) <= 2 and calls[-3:] == [20, 20, 20]
     calls.clear()
     EOTPGD(stochastic_cnn, eps=0.1, alpha=0.02, steps=2, eot_samples=5, max_batch=12)(x, y)
-    assert calls == [10, 10, 5] * 2  # two copies of the batch of 5 per pass, then the last copy
+    assert [c for c in calls if c > 2] == [10, 10, 5] * 2  # the 5 copies of 2 samples per pass, then the last sample
     with pytest.raises(ValueError, match="max_batch"):
         EOTPGD(stochastic_cnn, max_batch=0)
 

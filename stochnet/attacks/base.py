@@ -6,6 +6,8 @@ import numbers
 import torch
 import torch.nn.functional as nnf
 
+from ..copies import CopyEngine
+
 NORMS = ("linf", "l2")
 
 
@@ -65,6 +67,7 @@ class Attack(abc.ABC):
         self.clip = (float(lo), float(hi))
         self.targeted = bool(targeted)
         self.target_labels = None
+        self._engine = None
 
     def set_targeted(self, target_labels=None):
         """Attack towards ``target_labels`` (or towards y itself when None)."""
@@ -79,8 +82,17 @@ class Attack(abc.ABC):
         self.target_labels = None
         return self
 
+    @property
+    def engine(self):
+        """The :class:`stochnet.copies.CopyEngine` that runs copies of inputs through the model: made on
+        first use in a call (so it probes the model in the call's mode), new for every call."""
+        if self._engine is None:
+            self._engine = CopyEngine(self.model, max_rows=getattr(self, "max_batch", None))
+        return self._engine
+
     def __call__(self, x, y):
         x, labels = self._check_inputs(x, y)
+        self._engine = None
         modules = list(self.model.modules()) if isinstance(self.model, torch.nn.Module) else []
         modes = [m.training for m in modules]
         try:

@@ -1,14 +1,16 @@
 """Attacks on Gaussian-smoothed classifiers: EPGD and PGD on the soft-smoothed classifier.
 
 Both take the base model and attack its smoothing with noise ``N(0, sigma^2)`` over ``m``
-copies per sample, made by one :func:`stochnet.functional.noisy_repeat` call, so each step
-is one forward and one backward pass of ``B * m`` rows. The noise is fresh at every step.
+copies per sample, made by :func:`stochnet.functional.noisy_repeat` and run through
+:class:`stochnet.copies.CopyEngine`, so every copy also draws the model's own noise anew and
+the engine picks the passes. The noise is fresh at every step.
 """
 import abc
 
 import torch
 
 from .. import functional as F
+from ..copies import per_copy_mean
 from ..smoothing.checks import check_backend, check_sigma
 from .base import check_count
 from .gradient import PGD
@@ -23,16 +25,16 @@ class _SmoothedPGD(PGD):
         self.m = check_count(m, "m")
         self.backend = check_backend(backend)
 
+    def _noisy_copies(self, x, copies):
+        return F.noisy_repeat(x, copies, self.sigma, backend=self.backend)
+
     def input_grad(self, x_adv, labels):
-        x_adv = x_adv.detach().requires_grad_(True)
-        copies = F.noisy_repeat(x_adv, self.m, self.sigma, backend=self.backend)
-        loss = self.smoothed_loss(self.model(copies), labels).sum()
-        (grad,) = torch.autograd.grad(loss, x_adv)
+        grad, _, _ = self.engine.input_grad(x_adv, labels, self.m, self.smoothed_loss, make_rows=self._noisy_copies)
         return grad
 
     @abc.abstractmethod
-    def smoothed_loss(self, logits, labels):
-        """Per-sample loss (B,) from the (B*m, K) logits of the copies."""
+    def smoothed_loss(self, logits, labels, copies):
+        """Per-sample loss (B,) from the (B * copies, K) logits of the copies."""
 
 
 class EPGD(_SmoothedPGD):
@@ -42,9 +44,8 @@ class EPGD(_SmoothedPGD):
     ``backend`` selects the noise kernel.
     """
 
-    def smoothed_loss(self, logits, labels):
-        per_copy = self.loss(logits, labels.repeat_interleave(self.m))
-        return per_copy.view(-1, self.m).mean(1)
+    def smoothed_loss(self, logits, labels, copies):
+        return per_copy_mean(self.loss(logits, labels.repeat_interleave(copies)), copies)
 
 
 class SmoothPGD(_SmoothedPGD):
@@ -53,8 +54,8 @@ class SmoothPGD(_SmoothedPGD):
     (:func:`stochnet.functional.vote` in ``"soft"`` mode). Other arguments as in :class:`EPGD`.
     """
 
-    def smoothed_loss(self, logits, labels):
-        mean_softmax = F.vote(logits, self.m, "soft", backend=self.backend)
-        log_probs = torch.log(mean_softmax.clamp_min(torch.finfo(mean_softmax.dtype).tiny))
+    def smoothed_loss(self, logits, labels, copies):
+        mean_softmax = F.vote(logits, copies, "soft", backend=self.backend)
+        log_probs = mean_softmax.clamp_min(torch.finfo(mean_softmax.dtype).tiny).log()
         ce = torch.nn.functional.nll_loss(log_probs, labels, reduction="none")
         return -ce if self.targeted else ce

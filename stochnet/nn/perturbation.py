@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .. import functional as F
+from ..copies.coupling import PER_ELEMENT
 
 
 def _shape_tuple(shape):
@@ -34,6 +35,8 @@ class PerturbationInjection(nn.Module):
         y = noise(torch.randn(8, 64, 32, 32))
         optimizer.step(); noise.clamp_()
     """
+
+    noise_coupling = PER_ELEMENT
 
     def __init__(self, shape, init=0.25, theta_min=0.01, backend=None):
         super().__init__()

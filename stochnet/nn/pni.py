@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from .. import functional as F
+from ..copies.coupling import PER_ELEMENT, PER_PASS, check_rows, copies_in_pass
 
 ALPHA_MODES = ("layer", "channel", "element")
 
@@ -19,8 +20,12 @@ class _PNIWeight:
 
     ``std(W)`` is the std of the whole weight tensor, detached (as in the public PNI code);
     only ``alpha`` learns the noise scale. The noise is drawn afresh at every forward, in
-    train and eval mode.
+    train and eval mode, and shared by the rows of the batch (``noise_coupling = PER_PASS``):
+    inside the copy engine's pass of ``g`` copies per sample (:func:`stochnet.copies.copies_in_pass`)
+    the layer draws ``g`` weights and row ``r`` uses weight ``r % g``, in one grouped call.
     """
+
+    noise_coupling = PER_PASS
 
     def _init_alpha(self, alpha_mode, alpha_init, backend):
         _check_alpha(alpha_mode, alpha_init)
@@ -44,14 +49,22 @@ class _PNIWeight:
         if getattr(self, "alpha", None) is not None:
             self.reset_alpha()
 
-    def noisy_weight(self):
-        """A fresh noisy copy of the weight, differentiable in the weight and in alpha."""
+    def noisy_weight(self, draws=1):
+        """``draws`` fresh noisy copies of the weight, (draws, *weight.shape) (the weight's own shape
+        for one draw), differentiable in the weight and in alpha."""
         weight = self.weight
         rows = weight.reshape(1, weight.shape[0], -1)
+        if draws > 1:
+            rows = rows.expand(draws, *rows.shape[1:]).contiguous()
         theta = self.alpha * weight.detach().std()
         if self.alpha_mode == "element":
             theta = theta.reshape(rows.shape[1:])
-        return F.perturb(rows, theta, backend=self.backend).view(weight.shape)
+        noisy = F.perturb(rows, theta, backend=self.backend)
+        return noisy.view(weight.shape) if draws == 1 else noisy.view(draws, *weight.shape)
+
+    def noise_bytes_per_copy(self):
+        """Memory of one more weight draw: what a pass of one more copy per sample costs here."""
+        return 2 * self.weight.nelement() * self.weight.element_size()
 
     @staticmethod
     def _copy_from(new, module):
@@ -93,7 +106,22 @@ class PNIConv2d(_PNIWeight, nn.Conv2d):
         return _PNIWeight._copy_from(new, conv)
 
     def forward(self, x):
-        return self._conv_forward(x, self.noisy_weight(), self.bias)
+        copies = copies_in_pass()
+        if copies == 1:
+            return self._conv_forward(x, self.noisy_weight(), self.bias)
+        # Copy j of every sample convolves with its own draw: the copies of a sample become channel
+        # groups of one grouped convolution, (s, g * C, H, W) with g * groups groups.
+        check_rows(x.shape[0], copies, type(self).__name__)
+        weight = self.noisy_weight(copies).flatten(0, 1)
+        bias = None if self.bias is None else self.bias.repeat(copies)
+        stacked = x.reshape(x.shape[0] // copies, copies * x.shape[1], *x.shape[2:])
+        if self.padding_mode != "zeros":
+            stacked = nn.functional.pad(stacked, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        else:
+            padding = self.padding
+        out = nn.functional.conv2d(stacked, weight, bias, self.stride, padding, self.dilation, self.groups * copies)
+        return out.reshape(x.shape[0], self.out_channels, *out.shape[2:])
 
     def extra_repr(self):
         return f"{super().extra_repr()}, alpha_mode={self.alpha_mode}, alpha_init={self.alpha_init}"
@@ -122,7 +150,17 @@ class PNILinear(_PNIWeight, nn.Linear):
         return _PNIWeight._copy_from(new, linear)
 
     def forward(self, x):
-        return nn.functional.linear(x, self.noisy_weight(), self.bias)
+        copies = copies_in_pass()
+        if copies == 1:
+            return nn.functional.linear(x, self.noisy_weight(), self.bias)
+        # Copy j of every sample multiplies its own draw: one batched matmul over the g draws.
+        check_rows(x.shape[0], copies, type(self).__name__)
+        by_copy = x.reshape(x.shape[0] // copies, copies, -1, self.in_features).transpose(0, 1)
+        out = torch.matmul(by_copy.flatten(1, 2), self.noisy_weight(copies).transpose(1, 2))
+        out = out.view(copies, x.shape[0] // copies, -1, self.out_features).transpose(0, 1)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, alpha_mode={self.alpha_mode}, alpha_init={self.alpha_init}"
@@ -133,8 +171,11 @@ class PNI(nn.Module):
 
     ``std(x)`` is the std of the whole input batch, detached. ``alpha_mode`` "layer" learns
     one scalar; "channel" one per channel (``num_features`` = C); "element" one per element
-    of the feature map (``num_features`` = ``x.shape[1:]``, e.g. ``(C, H, W)``).
+    of the feature map (``num_features`` = ``x.shape[1:]``, e.g. ``(C, H, W)``). Every element
+    draws its own noise (``noise_coupling = PER_ELEMENT``).
     """
+
+    noise_coupling = PER_ELEMENT
 
     def __init__(self, alpha_mode="layer", num_features=None, alpha_init=0.25, backend=None):
         super().__init__()
@@ -179,8 +220,10 @@ class GaussianNoise(nn.Module):
 
     ``std`` (>= 0) is a float buffer, so it follows ``.to()`` and is saved in the state
     dict. ``train`` / ``eval`` choose the modes in which the noise is on; in the others the
-    module returns ``x`` itself.
+    module returns ``x`` itself. Every element draws its own noise.
     """
+
+    noise_coupling = PER_ELEMENT
 
     def __init__(self, std, train=True, eval=True, backend=None):
         super().__init__()

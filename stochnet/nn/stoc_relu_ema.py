@@ -3,6 +3,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import functional as F
+from ..copies.coupling import PER_ELEMENT
 
 
 class StocReLUEMA(nn.Module):
@@ -19,6 +20,8 @@ class StocReLUEMA(nn.Module):
         act = stochnet.nn.StocReLUEMA(64, gamma=0.1)
         y = act(torch.randn(8, 64, 32, 32))
     """
+
+    noise_coupling = PER_ELEMENT
 
     def __init__(self, num_features, gamma=0.1, momentum=0.5, backend=None):
         super().__init__()

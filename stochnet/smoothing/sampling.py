@@ -16,6 +16,8 @@ from .. import functional as F
 from ..ops.philox import draw_seed
 
 WORDS_PER_COUNTER = 4
+# Philox offsets are int64 and a pass's offset is drawn below 2**62: its counters must stay below 2**62 too.
+MAX_COUNTERS = 1 << 62
 
 
 class NoisePlan:
@@ -25,21 +27,31 @@ class NoisePlan:
     ``samples * copies`` model rows: whole samples (``copies == n``) when ``n`` fits in
     ``batch_size``, else one sample's copies ``first_copy .. first_copy + copies - 1``.
     A chunk has at most ``max(batch_size, 4)`` rows (the 4 only for odd element counts).
+    The chunks are made as they are iterated, so a huge ``n`` costs no memory up front.
     """
 
     def __init__(self, batch, n, per_sample, batch_size):
         self.batch, self.n, self.per_sample = batch, n, per_sample
         self.counters_per_sample = -(-n * per_sample // WORDS_PER_COUNTER)
-        self.chunks = list(self._cut(batch_size))
+        if self.counters_per_sample * batch >= MAX_COUNTERS:
+            raise ValueError(f"n = {n} noisy copies of {batch} samples of {per_sample} elements need "
+                             f"{self.counters_per_sample * batch} Philox counters, more than the {MAX_COUNTERS} "
+                             f"one pass may use: lower n or the batch")
+        if n <= batch_size:
+            self.samples_per_chunk = batch_size // n
+        else:
+            alignment = WORDS_PER_COUNTER // math.gcd(per_sample, WORDS_PER_COUNTER)
+            self.copies_per_chunk = max(alignment, batch_size - batch_size % alignment)
+        self.whole_samples = n <= batch_size
 
-    def _cut(self, batch_size):
-        if self.n <= batch_size:
-            step = batch_size // self.n
+    @property
+    def chunks(self):
+        if self.whole_samples:
+            step = self.samples_per_chunk
             for first in range(0, self.batch, step):
                 yield first, min(step, self.batch - first), 0, self.n
             return
-        alignment = WORDS_PER_COUNTER // math.gcd(self.per_sample, WORDS_PER_COUNTER)
-        step = max(alignment, batch_size - batch_size % alignment)
+        step = self.copies_per_chunk
         for sample in range(self.batch):
             for first_copy in range(0, self.n, step):
                 yield sample, 1, first_copy, min(step, self.n - first_copy)
@@ -49,7 +61,9 @@ class NoisePlan:
         return sample * self.counters_per_sample + first_copy * self.per_sample // WORDS_PER_COUNTER
 
     def __len__(self):
-        return len(self.chunks)
+        if self.whole_samples:
+            return -(-self.batch // self.samples_per_chunk)
+        return self.batch * -(-self.n // self.copies_per_chunk)
 
 
 def noisy_chunk(x, plan, chunk, sigma, philox, backend):
@@ -68,22 +82,24 @@ def noisy_chunk(x, plan, chunk, sigma, philox, backend):
                       for b in range(first, first + samples)])
 
 
-def vote_totals(model, x, n, sigma, mode, batch_size, backend=None, on_chunk=None):
+def vote_totals(engine, x, n, sigma, mode, batch_size, backend=None, on_chunk=None):
     """Per sample, the sum over ``n`` noisy copies of the ``mode`` vote: (B, K).
 
-    prediction: int64 counts of each class; soft: summed softmax (differentiable when grad
-    is enabled); weighted: summed rank weights. One (seed, offset) is drawn from torch's
-    generator per call. ``on_chunk()`` is called after each chunk (progress).
+    The copies go through ``engine`` (a :class:`stochnet.copies.CopyEngine` of the base model),
+    so each copy also draws the model's own noise anew. prediction: int64 counts of each class;
+    soft: summed softmax (differentiable when grad is enabled); weighted: summed rank weights.
+    One (seed, offset) is drawn from torch's generator per call. ``on_chunk()`` is called after
+    each chunk (progress). Non-finite scores of the model raise ValueError: they have no vote.
     """
     plan = NoisePlan(x.shape[0], n, x[0].numel(), batch_size)
     philox = draw_seed()
     sums = {}
     for chunk in plan.chunks:
         first, samples, _, copies = chunk
-        logits = model(noisy_chunk(x, plan, chunk, sigma, philox, backend))
-        if not isinstance(logits, torch.Tensor) or logits.shape[:1] != (samples * copies,) or logits.dim() != 2:
-            raise ValueError(f"model must return (rows, classes) logits; for {samples * copies} rows it "
-                             f"returned {tuple(getattr(logits, 'shape', ()))}")
+        logits = engine.logits(noisy_chunk(x, plan, chunk, sigma, philox, backend), copies)
+        if not bool(torch.isfinite(logits).all()):
+            raise ValueError("model returned non-finite scores (NaN or inf) on noisy copies: they have no vote, "
+                             "so nothing is predicted or certified")
         votes = F.vote(logits, copies, mode, backend=backend)
         if mode == "soft":
             votes = votes * copies

@@ -8,6 +8,7 @@ from torch import nn
 from ..ops.smoothing import VOTE_MODES
 from .certify import binomial_p_value, certified_radius, clopper_pearson_lower
 from .checks import check_alpha, check_backend, check_count, check_sigma
+from ..copies import CopyEngine
 from .sampling import NoisePlan, vote_totals
 
 ABSTAIN = -1
@@ -18,6 +19,8 @@ def _check_input(x):
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.dim() < 2 or x.numel() == 0:
         raise ValueError(f"x must be a non-empty batch of shape (B, ...), got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be finite: it holds NaN or inf")
 
 
 @contextlib.contextmanager
@@ -69,7 +72,10 @@ class Smooth(nn.Module):
     differentiable soft forward, whose graph holds every chunk). The votes for one seed do
     not depend on ``batch_size``. Each pass draws its (seed, offset) from torch's default
     generator, so ``torch.manual_seed`` makes every call reproducible. During each call the
-    model is in eval mode; the caller's modes are restored afterwards.
+    model is in eval mode; the caller's modes are restored afterwards. The copies go through
+    :class:`stochnet.copies.CopyEngine`, so each one also draws every noise of the model anew (PNI
+    weight noise included), and non-finite inputs or scores raise ValueError: nothing is
+    certified on them.
     """
 
     def __init__(self, model, sigma, num_samples, mode="prediction", batch_size=1000, backend=None):
@@ -89,7 +95,7 @@ class Smooth(nn.Module):
         return f"sigma={self.sigma}, num_samples={self.num_samples}, mode={self.mode!r}, batch_size={self.batch_size}"
 
     def _totals(self, x, n, mode, progress=None):
-        return vote_totals(self.model, x, n, self.sigma, mode, self.batch_size, self.backend,
+        return vote_totals(CopyEngine(self.model), x, n, self.sigma, mode, self.batch_size, self.backend,
                            on_chunk=progress.step if progress is not None else None)
 
     def _chunks(self, x, n):

@@ -1,0 +1,138 @@
+"""The copy engine: a model evaluated on many copies of its inputs, each copy with all of its noise anew.
+
+EOT, smoothing, EPGD and the black-box populations all run a model on copies of inputs. Rows are
+sample-major: row ``b * c + j`` is copy ``j`` of sample ``b``. Per-element noise makes the copies of
+one batch independent by itself; per-pass noise (PNI weights) is drawn per copy in one pass by the
+modules (see :mod:`stochnet.copies.coupling`), in groups of copies small enough for the extra
+weights to fit :data:`NOISE_BUDGET_BYTES`; noise the probe finds but no module declares makes every
+copy its own pass, with a warning. The engine also picks the rows of a pass: on CPU the largest
+activation of a pass stays under :data:`CPU_ACTIVATION_BYTES` (larger fresh allocations are new
+mappings that page-fault on every pass), on GPU a pass takes what half the free memory holds.
+"""
+import warnings
+
+import torch
+
+from .coupling import copies_per_pass
+from .probe import probe
+
+CPU_ACTIVATION_BYTES = 24 << 20
+NOISE_BUDGET_BYTES = 256 << 20
+
+
+def per_copy_mean(row_losses, copies):
+    """(s * c,) losses of the rows -> (s,) mean over each sample's c copies."""
+    return row_losses.view(-1, copies).mean(1)
+
+
+def repeat_rows(x, copies):
+    """(s, ...) -> (s * c, ...): c exact copies of each sample, copies of a sample adjacent."""
+    return x.unsqueeze(1).expand(x.shape[0], copies, *x.shape[1:]).reshape(-1, *x.shape[1:])
+
+
+class CopyEngine:
+    """Runs ``model`` on copies of inputs so that every copy sees an independent draw of every noise.
+
+    Build one per attack or smoothing call, with the model already in the mode it is evaluated in;
+    the model is probed once, on the first row it is given. ``max_rows`` overrides the rows per pass.
+    """
+
+    def __init__(self, model, max_rows=None):
+        if not callable(model):
+            raise TypeError(f"model must be callable, got {type(model).__name__}")
+        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+            raise ValueError(f"max_rows must be an integer >= 1 or None, got {max_rows!r}")
+        self.model = model
+        self.max_rows = max_rows
+        self.probed = None
+
+    def _probe(self, rows):
+        if self.probed is None:
+            self.probed = probe(self.model, rows[:1])
+            if self.probed.undeclared_per_pass:
+                warnings.warn(f"{', '.join(self.probed.undeclared_per_pass)} draw noise once per forward pass that "
+                              "no module declares (see stochnet.copies.coupling): two copies of an input in one "
+                              "batch would share it, so every copy runs in a pass of its own", RuntimeWarning,
+                              stacklevel=3)
+        return self.probed
+
+    @property
+    def stochastic(self):
+        if self.probed is None:
+            raise RuntimeError("CopyEngine.stochastic is known after the first logits / input_grad call")
+        return self.probed.stochastic
+
+    def rows_per_pass(self, rows):
+        """The most rows one pass may hold (from the probe of ``rows[:1]``)."""
+        result = self._probe(rows)
+        if self.max_rows is not None:
+            return self.max_rows
+        if rows.is_cuda:
+            free, _ = torch.cuda.mem_get_info(rows.device)
+            return max(1, free // 2 // max(1, 2 * result.saved_bytes_per_row))
+        return max(1, CPU_ACTIVATION_BYTES // max(1, result.activation_bytes_per_row))
+
+    def copies_per_group(self, rows):
+        """How many copies of a sample one pass may hold."""
+        result = self._probe(rows)
+        if result.undeclared_per_pass:
+            return 1
+        per_copy = sum(m.noise_bytes_per_copy() for m in result.per_pass_modules)
+        return max(1, NOISE_BUDGET_BYTES // per_copy) if per_copy else None
+
+    def logits(self, rows, copies):
+        """The model's outputs (R, K) on ``rows`` (R = s * copies, sample-major); differentiable when
+        grad is enabled. Each copy of a sample draws the model's noise independently."""
+        if rows.shape[0] % copies:
+            raise ValueError(f"rows must hold whole samples of {copies} copies each, got {rows.shape[0]} rows")
+        samples = rows.shape[0] // copies
+        group = self.copies_per_group(rows) or copies
+        group = min(group, copies, self.rows_per_pass(rows))
+        per_pass = max(1, self.rows_per_pass(rows) // group)
+        if group == copies and per_pass >= samples:
+            return self._pass(rows, copies)
+        grid = rows.view(samples, copies, *rows.shape[1:])
+        outputs = []
+        for first in range(0, samples, per_pass):
+            chunk = grid[first:first + per_pass]
+            parts = [self._pass(chunk[:, j:j + group].reshape(-1, *rows.shape[1:]), min(group, copies - j))
+                     .view(chunk.shape[0], -1, *self._out_shape) for j in range(0, copies, group)]
+            outputs.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
+        out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        return out.reshape(rows.shape[0], *self._out_shape)
+
+    def _pass(self, rows, copies):
+        with copies_per_pass(copies):
+            out = self.model(rows)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != rows.shape[0]:
+            raise ValueError(f"model must return (rows, classes) logits; for {rows.shape[0]} rows it returned "
+                             f"{tuple(getattr(out, 'shape', ())) or type(out).__name__}")
+        self._out_shape = out.shape[1:]
+        return out
+
+    def input_grad(self, x, labels, copies, loss_fn, make_rows=None):
+        """Gradient of the summed per-sample loss over ``copies`` noisy passes, w.r.t. ``x``.
+
+        ``make_rows(x_chunk, c)`` makes the rows of a chunk (default: ``c`` exact copies, see
+        :func:`repeat_rows`); ``loss_fn(logits (s*c, K), labels (s,), c)`` gives the per-sample
+        loss (s,) to ascend. On a deterministic model exact copies are all the same, so ``c`` is 1
+        there. Chunks of samples are differentiated one after the other, so memory stays bounded.
+
+        Returns ``(grad (B, ...), loss (B,), logits (B, c, K))``, all detached.
+        """
+        self._probe(x)
+        c = 1 if make_rows is None and not self.probed.stochastic else copies
+        make_rows = make_rows or repeat_rows
+        per_chunk = max(1, self.rows_per_pass(x) // c)
+        grads, losses, logits = [], [], []
+        for first in range(0, x.shape[0], per_chunk):
+            xs = x[first:first + per_chunk].detach().requires_grad_(True)
+            out = self.logits(make_rows(xs, c), c)
+            loss = loss_fn(out, labels[first:first + per_chunk], c)
+            (grad,) = torch.autograd.grad(loss.sum(), xs)
+            grads.append(grad)
+            losses.append(loss.detach())
+            logits.append(out.detach().view(xs.shape[0], c, -1))
+        if len(grads) == 1:
+            return grads[0], losses[0], logits[0]
+        return torch.cat(grads), torch.cat(losses), torch.cat(logits)
