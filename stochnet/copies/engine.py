@@ -50,10 +50,10 @@ class CopyEngine:
         if self.probed is None:
             self.probed = probe(self.model, rows[:1])
             if self.probed.undeclared_per_pass:
-                warnings.warn(f"{', '.join(self.probed.undeclared_per_pass)} draw noise once per forward pass that "
-                              "no module declares (see stochnet.copies.coupling): two copies of an input in one "
-                              "batch would share it, so every copy runs in a pass of its own", RuntimeWarning,
-                              stacklevel=3)
+                warnings.warn(f"noise drawn once per forward pass that no module declares (see "
+                              f"stochnet.copies.coupling) in {', '.join(self.probed.undeclared_per_pass)}: copies of "
+                              "an input in one batch would share it, so every copy runs in a pass of its own",
+                              RuntimeWarning, stacklevel=3)
         return self.probed
 
     @property
