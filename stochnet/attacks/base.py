@@ -68,6 +68,7 @@ class Attack(abc.ABC):
         self.targeted = bool(targeted)
         self.target_labels = None
         self._engine = None
+        self._label_max = None  # the largest label of the current call, until checked against the classes
 
     def set_targeted(self, target_labels=None):
         """Attack towards ``target_labels`` (or towards y itself when None)."""
@@ -114,9 +115,14 @@ class Attack(abc.ABC):
             raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         if x.dim() < 2 or x.shape[0] == 0:
             raise ValueError(f"x must be a non-empty batch of shape (B, ...), got {tuple(x.shape)}")
-        if x.numel() and (x.min().item() < 0.0 or x.max().item() > 1.0):
-            raise ValueError(f"x must lie in [0, 1] (normalization belongs inside the model), "
-                             f"got values in [{x.min().item():.4g}, {x.max().item():.4g}]")
+        # one host sync for the whole check: finiteness and range in a single tensor
+        finite, low, high = torch.stack([torch.isfinite(x).all().to(x.dtype), x.min(), x.max()]).tolist()
+        if not finite:
+            raise ValueError("x must be finite: it holds NaN or inf")
+        lo, hi = self.clip
+        if low < lo or high > hi:
+            where = "[0, 1] (normalization belongs inside the model)" if self.clip == (0.0, 1.0) else f"clip={self.clip}"
+            raise ValueError(f"x must lie in {where}, got values in [{low:.4g}, {high:.4g}]")
         if not isinstance(y, torch.Tensor) or y.dtype != torch.long or y.shape != (x.shape[0],):
             raise ValueError(f"y must be an int64 tensor of shape ({x.shape[0]},), got "
                              f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
@@ -127,7 +133,26 @@ class Attack(abc.ABC):
                 raise ValueError(f"target_labels must be an int64 tensor of shape {tuple(y.shape)}, "
                                  f"got {labels.dtype} {tuple(labels.shape)}")
             labels = labels.to(y.device)
-        return x.detach(), labels
+        for name, values in (("y", y), ("target_labels", labels)):
+            if bool((values < 0).any()):
+                raise ValueError(f"{name} must be class indices >= 0, got {values.min().item()} (cross-entropy's "
+                                 "ignore index -100 would leave such samples unattacked)")
+        self._label_max = torch.maximum(y.max(), labels.max())
+        return x.detach().contiguous(), labels
+
+    def check_classes(self, logits, labels):
+        """Once per call, on the first logits: the model returns (rows, K) and every label of the call
+        (y and the targets) lies below K."""
+        if self._label_max is None:
+            return
+        if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
+            raise ValueError(f"model must return (batch, classes) logits; for {labels.shape[0]} inputs it returned "
+                             f"{tuple(logits.shape)}")
+        top = self._label_max.item()
+        if top >= logits.shape[1]:
+            raise ValueError(f"labels must lie in [0, {logits.shape[1]}) for a model of {logits.shape[1]} classes, "
+                             f"got {top}")
+        self._label_max = None
 
     def _per_sample(self, value, x):
         """A per-sample (B,) eps / alpha tensor moved to x's device; floats pass through."""
@@ -139,6 +164,7 @@ class Attack(abc.ABC):
 
     def loss(self, logits, labels):
         """Per-sample loss the attack ascends: CE, or -CE towards the target when targeted."""
+        self.check_classes(logits, labels)
         ce = nnf.cross_entropy(logits, labels, reduction="none")
         return -ce if self.targeted else ce
 

@@ -1,7 +1,10 @@
 """Gradient-sign attacks: FGSM, BIM, PGD (L-inf and L2, random start, restarts) and MIM."""
+import math
+
 import torch
 
-from .. import functional as F
+from ..ops import pgd as pgd_ops
+from ..ops.philox import draw_seed
 from .base import Attack, check_budget, check_count, check_norm
 
 
@@ -32,6 +35,7 @@ class PGD(Attack):
 
     def perturb(self, x, labels):
         eps, alpha = self._per_sample(self.eps, x), self._per_sample(self.alpha, x)
+        self._check_eps_fits(eps, x)
         if self.restarts == 1:
             return self._run(x, labels, eps, alpha)
         best = best_loss = best_success = None
@@ -49,6 +53,20 @@ class PGD(Attack):
             best_success = best_success | success
         return best
 
+    def _check_eps_fits(self, eps, x):
+        """eps at most the diameter of the clip box in the norm: checked once per call, so the steps,
+        which call the fused ops without their per-call checks, do no host sync."""
+        lo, hi = self.clip
+        bound = (hi - lo) * (math.sqrt(x[0].numel()) if self.norm == "l2" else 1.0)
+        high = eps.max().item() if isinstance(eps, torch.Tensor) else eps
+        if high > bound:
+            raise ValueError(f"eps must be at most {bound:.4g}, the diameter of the clip box {self.clip} in "
+                             f"{self.norm} for inputs of {x[0].numel()} elements, got {high:.4g}")
+
+    def step(self, x_adv, grad, x, eps, alpha):
+        """The fused PGD step (inputs checked once per call by :meth:`perturb`)."""
+        return pgd_ops.pgd_step(x_adv, grad, x, eps, alpha, self.norm, *self.clip, None)
+
     def start(self, x, eps):
         """The first iterate of a run: x itself without ``random_start``. L-inf: a uniform point
         of the eps box. L2: the radius is drawn uniform in [0, eps] per sample, as in torchattacks'
@@ -56,18 +74,17 @@ class PGD(Attack):
         a factor ``v ** (1 / d)``, close to 1). A point uniform in the eps ball itself would almost
         surely lie on its surface in image dimensions; on the MNIST CNN of the tests such starts
         left 2-4 of 200 more samples correct than torchattacks' PGDL2. Both use the fused
-        :func:`stochnet.functional.random_start`."""
+        random start of :func:`stochnet.functional.random_start`."""
         if not self.random_start:
             return x
         if self.norm == "l2":
             eps = eps * torch.rand(x.shape[0], dtype=x.dtype, device=x.device)
-        return F.random_start(x, eps, norm=self.norm, clip=self.clip)
+        return pgd_ops.random_start(x, eps, self.norm, *self.clip, draw_seed(), None)
 
     def _run(self, x, labels, eps, alpha):
         x_adv = self.start(x, eps)
         for _ in range(self.steps):
-            grad = self.input_grad(x_adv, labels)
-            x_adv = F.pgd_step(x_adv, grad, x, eps, alpha, norm=self.norm, clip=self.clip)
+            x_adv = self.step(x_adv, self.input_grad(x_adv, labels), x, eps, alpha)
         return x_adv
 
 
@@ -106,8 +123,8 @@ class MIM(PGD):
 
     def _run(self, x, labels, eps, alpha):
         x_adv = self.start(x, eps)
-        momentum = torch.zeros_like(x)
+        momentum = torch.zeros_like(x, memory_format=torch.contiguous_format)
         for _ in range(self.steps):
             grad = self.input_grad(x_adv, labels)
-            x_adv = F.mim_step(x_adv, grad, x, momentum, eps, alpha, mu=self.decay, clip=self.clip)
+            x_adv = pgd_ops.mim_step(x_adv, grad, x, momentum, eps, alpha, self.decay, *self.clip, None)
         return x_adv
