@@ -47,6 +47,9 @@ ATTACKS = {
     "cw": (None, lambda model, eps, s, k: attacks.CW(model, steps=s.cw_steps)),
     "deepfool": (None, lambda model, eps, s, k: attacks.DeepFool(model, num_classes=k)),
     "boundary": (None, lambda model, eps, s, k: attacks.Boundary(model, max_queries=s.queries)),
+    # AutoAttack's own budgets (100 APGD steps, 5000 Square queries, EOT over 20 draws), not --steps
+    "autoattack": ("linf", lambda model, eps, s, k: attacks.AutoAttack(model, eps, version="standard")),
+    "autoattack-rand": ("linf", lambda model, eps, s, k: attacks.AutoAttack(model, eps, version="rand")),
 }
 ATTACK_NAMES = tuple(ATTACKS)
 TRANSFER_PREFIX = "transfer-"

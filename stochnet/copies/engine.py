@@ -56,11 +56,9 @@ class CopyEngine:
                               RuntimeWarning, stacklevel=3)
         return self.probed
 
-    @property
-    def stochastic(self):
-        if self.probed is None:
-            raise RuntimeError("CopyEngine.stochastic is known after the first logits / input_grad call")
-        return self.probed.stochastic
+    def is_stochastic(self, rows):
+        """Whether the model's outputs vary from pass to pass (probed on ``rows[:1]`` the first time)."""
+        return self._probe(rows).stochastic
 
     def rows_per_pass(self, rows):
         """The most rows one pass may hold (from the probe of ``rows[:1]``)."""
