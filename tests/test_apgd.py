@@ -60,9 +60,10 @@ CASES = [
        lambda m, norm=norm, loss=loss: torchattacks.APGD(m, norm=THEIR_NORM[norm], eps=BUDGETS[norm], steps=STEPS,
                                                          loss=loss))
       for norm in ("linf", "l2") for loss in ("ce", "dlr")],
+    # The top 3 other classes as targets (torchattacks: n_classes - 1 of them), to keep the test fast.
     *[(f"apgdt_{norm}",
-       lambda m, norm=norm: APGDT(m, eps=BUDGETS[norm], norm=norm, steps=STEPS),
-       lambda m, norm=norm: torchattacks.APGDT(m, norm=THEIR_NORM[norm], eps=BUDGETS[norm], steps=STEPS))
+       lambda m, norm=norm: APGDT(m, eps=BUDGETS[norm], norm=norm, steps=STEPS, n_target_classes=3),
+       lambda m, norm=norm: torchattacks.APGDT(m, norm=THEIR_NORM[norm], eps=BUDGETS[norm], steps=STEPS, n_classes=4))
       for norm in ("linf", "l2")],
 ]
 
@@ -83,7 +84,7 @@ def test_at_least_as_strong_as_torchattacks(cnn, mnist, ours, theirs):
     assert x_ours.min() >= 0 and x_ours.max() <= 1
 
 
-@pytest.mark.parametrize("norm, loss", [("linf", "ce"), ("linf", "dlr"), ("l2", "ce")])
+@pytest.mark.parametrize("norm, loss", [("linf", "ce"), ("linf", "dlr")])  # AutoAttack's rand suite
 def test_eot_at_least_as_strong_as_torchattacks(cnn, mnist, norm, loss):
     # A randomized model: Gaussian noise on the input of the trained CNN (on in eval mode). Its
     # attacks vary by a sample or two from seed to seed, so both are averaged over three seeds.
