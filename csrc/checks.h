@@ -24,6 +24,11 @@ inline Layout layout_of(const at::Tensor& x) {
   return Layout::kRows;  // checked to be channels-last by check_dense
 }
 
+// The (seed, offset) pair of a noise op, as the Python layer takes it: both non-negative.
+inline void check_seed(int64_t seed, int64_t offset) {
+  TORCH_CHECK(seed >= 0 && offset >= 0, "seed and offset must be >= 0, got (", seed, ", ", offset, ")");
+}
+
 inline void check_dense(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.is_contiguous() || (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)),
               name, " must be contiguous or channels-last (4-D)");
@@ -105,6 +110,12 @@ inline void check_clip(double lo, double hi) { TORCH_CHECK(lo < hi, "clip must h
 inline bool is_l2_norm(c10::string_view norm) {
   TORCH_CHECK(norm == "linf" || norm == "l2", "norm must be 'linf' or 'l2', got '", std::string(norm), "'");
   return norm == "l2";
+}
+
+// MIM writes momentum while it reads `t` (x_adv, grad, x_orig): they must not share memory.
+inline void check_unaliased(const at::Tensor& momentum, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(!momentum.is_alias_of(t), "momentum shares memory with ", name,
+                    ": it is updated in place, pass a separate tensor");
 }
 
 inline void check_pgd_step_args(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,

@@ -22,6 +22,9 @@ float32), so float64 data is clamped at the exact bounds.
   (seed, offset + ceil(numel / 4)), and writes clamp(x + z * f_b, lo, hi) with
   f_b = radius_b / ||z_b|| (float64, rounded to the compute dtype).
 
+NaN, as the reference: every kernel reads grad through ``_load_grad``, which takes a NaN entry as
+0, and ``sign(NaN) = 0``, so a NaN momentum entry takes no step.
+
 Every kernel runs with ``enable_fp_fusion=False``, so products are rounded as in torch.
 """
 import torch
@@ -53,15 +56,22 @@ def _clamp(v, lo, hi):
 
 @triton.jit
 def _sign(g):
-    """torch.sign: -1, 0 (for +-0) or 1; NaN stays NaN."""
-    return tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, g * 0.0)).to(g.dtype)
+    """-1, 0 or 1; 0 for +-0 and NaN."""
+    return tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0)).to(g.dtype)
+
+
+@triton.jit
+def _load_grad(grad_ptr, index, valid, COMPUTE: tl.constexpr):
+    """grad in COMPUTE with NaN entries as 0."""
+    grad = tl.load(grad_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+    return tl.where(grad == grad, grad, 0.0)
 
 
 @triton.jit
 def _l2_delta(x_adv_ptr, grad_ptr, x_orig_ptr, index, valid, scale, COMPUTE: tl.constexpr):
     """(x_adv + grad * scale) - x_orig in COMPUTE; scale = alpha / max(||grad||, 1e-12) per sample."""
     x_adv = tl.load(x_adv_ptr + index, mask=valid, other=0.0).to(COMPUTE)
-    grad = tl.load(grad_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+    grad = _load_grad(grad_ptr, index, valid, COMPUTE)
     x_orig = tl.load(x_orig_ptr + index, mask=valid, other=0.0).to(COMPUTE)
     return (x_adv + grad * scale) - x_orig
 
@@ -87,10 +97,10 @@ def _sample_sums_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, part_ptr, M, K, seed, of
     index = window[:, None] + tl.arange(0, BLOCK_K)[None, :]
     valid = row_ok[:, None] & (index >= row_base[:, None]) & (index < (row_base + K)[:, None])
     if KIND == 0:
-        v = tl.load(a_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+        v = _load_grad(a_ptr, index, valid, COMPUTE)
         v = v * v
     elif KIND == 1:
-        v = tl.abs(tl.load(a_ptr + index, mask=valid, other=0.0).to(COMPUTE))
+        v = tl.abs(_load_grad(a_ptr, index, valid, COMPUTE))
     elif KIND == 2:
         scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0)[:, None]
         v = _l2_delta(a_ptr, b_ptr, c_ptr, index, valid, scale, COMPUTE)
@@ -115,7 +125,7 @@ def _linf_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, mom_ptr, eps_ptr, alpha_ptr, d
     alpha = tl.load(alpha_ptr + sample, mask=valid, other=0.0).to(COMPUTE)
     x_adv = tl.load(x_adv_ptr + index, mask=valid, other=0.0).to(COMPUTE)
     x_orig = tl.load(x_orig_ptr + index, mask=valid, other=0.0).to(COMPUTE)
-    grad = tl.load(grad_ptr + index, mask=valid, other=0.0).to(COMPUTE)
+    grad = _load_grad(grad_ptr, index, valid, COMPUTE)
     if MIM:
         mu = tl.load(params_ptr + 2)
         denom = tl.load(denom_ptr + sample, mask=valid, other=1.0)
@@ -285,6 +295,9 @@ def mim_step_fwd(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi):
     _check_data(grad, "grad", x_adv, "x_adv")
     _check_data(x_orig, "x_orig", x_adv, "x_adv")
     _check_data(momentum, "momentum", x_adv, "x_adv")
+    for name, t in (("x_adv", x_adv), ("grad", grad), ("x_orig", x_orig)):
+        if momentum.numel() and t.untyped_storage().data_ptr() == momentum.untyped_storage().data_ptr():
+            raise ValueError(f"momentum shares memory with {name}: it is updated in place, pass a separate tensor")
     _check_per_sample(eps, "eps", x_adv)
     _check_per_sample(alpha, "alpha", x_adv)
     _check_bounds(lo, hi)

@@ -15,9 +15,10 @@ and in training the same 2-D kernel with the noise switched off reads x once mor
 statistics.
 
 Statistics: each tile reduces its part of every channel it holds to (shift, sum(d), sum(d^2)),
-d = x - shift, shift = the tile's mean in the compute dtype (the corrected two-pass algorithm,
-accurate when |mean| >> std). Torch merges the partials per channel in float64 with Chan's
-formula and updates ``running_sigma`` after the kernels ran, so the noise uses the old sigma.
+d = x - shift, shift = the tile's mean, all in float64 as the reference (a float32 d^2 overflows
+for |d| > 1.8e19; the corrected two-pass algorithm keeps |mean| >> std accurate). Torch merges
+the partials per channel with Chan's formula and updates ``running_sigma`` after the kernels ran,
+so the noise uses the old sigma.
 """
 import math
 
@@ -79,6 +80,7 @@ def _tile_kernel(x_ptr, scale_ptr, y_ptr, mask_ptr, shift_ptr, dsum_ptr, dsq_ptr
 
     if STATS:
         # Reduce over the tile's extent of the non-channel axis; count is the same for every channel.
+        x = x.to(tl.float64)
         if CHANNEL_AXIS == 0:
             count = tl.minimum(BLOCK_K, K - col0)
             shift = tl.sum(x, axis=1) / count
@@ -136,9 +138,10 @@ def _check_fwd_args(x, running_sigma, gamma, momentum, training):
     _check_dense(x, "x")
     if running_sigma.device != x.device:
         raise ValueError(f"running_sigma is on {running_sigma.device} but x is on {x.device}")
-    if running_sigma.shape != (x.shape[1],) or not running_sigma.is_contiguous():
-        raise ValueError(f"running_sigma must be a contiguous tensor of shape ({x.shape[1]},), "
-                         f"got {tuple(running_sigma.shape)}")
+    if running_sigma.shape != (x.shape[1],):
+        raise ValueError(f"running_sigma must have shape ({x.shape[1]},), got {tuple(running_sigma.shape)}")
+    if not running_sigma.is_contiguous():
+        raise ValueError(f"running_sigma must be contiguous, got strides {running_sigma.stride()}")
     if running_sigma.dtype not in (torch.float32, x.dtype):
         raise ValueError(f"running_sigma must be float32 or x's dtype, got {running_sigma.dtype}")
     if not gamma >= 0:
@@ -164,8 +167,7 @@ def _tile_shape(M, K, axis):
 
 
 def _merged_std(shift, dsum, dsq, count, dims):
-    """Unbiased std per channel from per-tile (shift, sum d, sum d^2), merged over ``dims`` in float64."""
-    shift, dsum, dsq = shift.double(), dsum.double(), dsq.double()
+    """Unbiased std per channel from float64 per-tile (shift, sum d, sum d^2), merged over ``dims``."""
     count = count.double().expand_as(shift)
     mean = shift + dsum / count
     m2 = dsq - dsum * dsum / count
@@ -181,7 +183,7 @@ def _channel_std(x, scale, M, K, axis, seed, offset, write_y, y, mask):
     block_m, block_k = _tile_shape(M, K, axis)
     grid = (triton.cdiv(M, block_m), triton.cdiv(K, block_k))
     slots = (M, grid[1]) if axis == _PLANAR else (grid[0], K)
-    shift, dsum, dsq = (torch.empty(slots, dtype=scale.dtype, device=x.device) for _ in range(3))
+    shift, dsum, dsq = (torch.empty(slots, dtype=torch.float64, device=x.device) for _ in range(3))
     _tile_kernel[grid](x, scale, y, mask, shift, dsum, dsq, M, K, x.shape[1], seed, offset,
                        CHANNEL_AXIS=axis, WRITE_Y=write_y, STATS=True, BLOCK_M=block_m, BLOCK_K=block_k,
                        enable_fp_fusion=False)

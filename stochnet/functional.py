@@ -7,7 +7,7 @@ from .ops import perturb as _perturb
 from .ops import pgd as _pgd
 from .ops import smoothing as _smoothing
 from .ops import stoc_relu_ema as _stoc_relu_ema
-from .ops.philox import draw_seed
+from .ops.philox import check_philox, draw_seed
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _GPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -18,6 +18,20 @@ def _check_floating(x, name):
     if x.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
         raise TypeError(f"{name} must have dtype {names} on {x.device.type}, got {x.dtype}")
+
+
+def _philox(philox):
+    """The user's (seed, offset) tensor, checked, or a fresh one from torch's default generator."""
+    if philox is None:
+        return draw_seed()
+    check_philox(philox)
+    return philox
+
+
+def _check_number(value, name):
+    """Not a tensor: the op takes it as a Python number, a tensor would silently lose its gradient."""
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a number, not a tensor: the op is not differentiable in it")
 
 
 def stoc_relu_ema(x, running_sigma, gamma, momentum=0.5, training=True, backend=None, philox=None):
@@ -55,16 +69,19 @@ def stoc_relu_ema(x, running_sigma, gamma, momentum=0.5, training=True, backend=
     if running_sigma.shape != (x.shape[1],):
         raise ValueError(f"running_sigma must have shape ({x.shape[1]},) for x with {x.shape[1]} "
                          f"channels, got {tuple(running_sigma.shape)}")
+    if not running_sigma.is_contiguous():
+        raise ValueError(f"running_sigma must be contiguous: it is updated in place, "
+                         f"got strides {running_sigma.stride()}")
+    _check_number(gamma, "gamma")
+    _check_number(momentum, "momentum")
     if not (gamma >= 0):
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     if not (0.0 <= momentum <= 1.0):
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     if training and x.numel() // x.shape[1] < 2:
         raise ValueError(f"x must have more than one value per channel in training, got shape {tuple(x.shape)}")
-    if philox is None:
-        philox = draw_seed()
     return _stoc_relu_ema.stoc_relu_ema(x, running_sigma, float(gamma), float(momentum), bool(training),
-                                        philox, backend)
+                                        _philox(philox), backend)
 
 
 def perturb(x, theta, backend=None, philox=None):
@@ -97,9 +114,7 @@ def perturb(x, theta, backend=None, philox=None):
         raise ValueError(f"theta must be a scalar, of shape ({x.shape[1]},) or of the feature-map shape "
                          f"{tuple(x.shape[1:])} to broadcast over x of shape {tuple(x.shape)}, "
                          f"got {tuple(theta.shape)}")
-    if philox is None:
-        philox = draw_seed()
-    return _perturb.perturb(x, theta, philox, backend)
+    return _perturb.perturb(x, theta, _philox(philox), backend)
 
 
 def _check_count(value, name):
@@ -132,9 +147,7 @@ def noisy_repeat(x, m, sigma, backend=None, philox=None):
     _check_count(m, "m")
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
         raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
-    if philox is None:
-        philox = draw_seed()
-    return _smoothing.noisy_repeat(x, m, float(sigma), philox, backend)
+    return _smoothing.noisy_repeat(x, m, float(sigma), _philox(philox), backend)
 
 
 def vote(logits, m, mode="prediction", backend=None):
@@ -231,6 +244,8 @@ def pgd_step(x_adv, grad, x_orig, eps, alpha, norm="linf", clip=(0.0, 1.0), back
     linf: ``clamp(x_orig + clamp(x_adv + alpha * sign(grad) - x_orig, -eps, eps), lo, hi)``
     (one pass over memory). l2: step ``alpha * grad / ||grad||`` per sample, then the
     per-sample projection of the perturbation onto the L2 ball of radius eps, then the clip.
+    A NaN entry of ``grad`` counts as 0: it moves nothing and adds nothing to the norm, so a
+    NaN gradient never makes x_adv NaN.
 
     Args:
         x_adv, grad, x_orig: (B, *) tensors of one shape, device and dtype (float32/float64 on
@@ -259,10 +274,12 @@ def mim_step(x_adv, grad, x_orig, momentum, eps, alpha, mu=1.0, clip=(0.0, 1.0),
 
     ``momentum <- mu * momentum + grad / max(mean |grad|, 1e-12)`` (mean over each sample)
     is updated IN PLACE; returns the linf step of ``x_adv`` along ``sign(momentum)``,
-    projected onto the eps box around ``x_orig`` and clipped to ``clip``.
+    projected onto the eps box around ``x_orig`` and clipped to ``clip``. NaN entries of ``grad``
+    count as 0, and a NaN momentum entry takes no step (see :func:`pgd_step`).
 
     Args:
-        momentum: contiguous tensor of x_adv's shape, dtype and device (zeros at the start).
+        momentum: contiguous tensor of x_adv's shape, dtype and device (zeros at the start), not
+            requiring grad and sharing no memory with x_adv, grad or x_orig.
         mu: the momentum decay factor.
         Other arguments as :func:`pgd_step`.
     """
@@ -272,6 +289,8 @@ def mim_step(x_adv, grad, x_orig, momentum, eps, alpha, mu=1.0, clip=(0.0, 1.0),
     _check_pgd_tensor(momentum, "momentum", x_adv)
     if not momentum.is_contiguous():
         raise ValueError("momentum must be contiguous: it is updated in place")
+    if momentum.requires_grad:
+        raise ValueError("momentum must not require grad: it is updated in place and the step is not differentiable")
     if not (isinstance(mu, (int, float)) and not isinstance(mu, bool) and math.isfinite(mu)):
         raise TypeError(f"mu must be a finite number, got {mu!r}")
     lo, hi = _check_clip(clip)
@@ -299,9 +318,7 @@ def random_start(x_orig, eps, norm="linf", clip=(0.0, 1.0), backend=None, philox
     _check_norm(norm)
     lo, hi = _check_clip(clip)
     _check_budget(eps, "eps", x_orig, _eps_bound(norm, lo, hi, x_orig))
-    if philox is None:
-        philox = draw_seed()
-    return _pgd.random_start(x_orig, eps, norm, lo, hi, philox, backend)
+    return _pgd.random_start(x_orig, eps, norm, lo, hi, _philox(philox), backend)
 
 
 __all__ = ["mim_step", "noisy_repeat", "perturb", "pgd_step", "random_start", "stoc_relu_ema", "vote"]

@@ -56,10 +56,18 @@ def test_progress_of_other_ranks_is_silent():
     assert progress.close()["images"] == 4 and stream.getvalue() == ""
 
 
+def _state(epoch):
+    """The smallest state load_checkpoint accepts."""
+    info = {"num_classes": 10, "in_channels": 1, "image_size": 28, "mean": [0.5], "std": [0.5]}
+    args = {"method": "standard", "model": "x", "data": "mnist", "data_dir": None, "epochs": 2, "width": 1.0,
+            "options": {"lr": 0.1}, "data_info": info}
+    return {"epoch": epoch, "args": args, "model": {"w": torch.arange(3.0)}, "noise": {}, "method": {},
+            "rng": [capture_rng_state()], "history": []}
+
+
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
     path = tmp_path / "run" / "checkpoint.pt"
-    state = {"epoch": 2, "model": {"w": torch.arange(3.0)}, "args": {"model": "x", "options": {"lr": 0.1}},
-             "rng": [capture_rng_state()]}
+    state = _state(2)
     save_checkpoint(path, state)
     loaded = load_checkpoint(path)
     assert torch.equal(loaded["model"]["w"], torch.arange(3.0)) and loaded["args"] == state["args"]
@@ -68,7 +76,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
 
 def test_a_failed_write_leaves_the_previous_checkpoint_and_no_partial_file(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"epoch": 1})
+    save_checkpoint(path, _state(1))
 
     def crash(obj, stream):
         stream.write(b"partial bytes")
@@ -76,7 +84,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_and_no_partial_file(tmp_p
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, {"epoch": 2})
+        save_checkpoint(path, _state(2))
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -89,6 +89,7 @@ void noisy_repeat(const at::Tensor& x, int64_t m, scalar_t sigma, uint64_t seed,
 
 at::Tensor noisy_repeat_fwd(const at::Tensor& x, int64_t m, double sigma, int64_t seed, int64_t offset) {
   check_noisy_repeat_args(x, m, sigma);
+  check_seed(seed, offset);
   std::vector<int64_t> sizes = x.sizes().vec();
   sizes[0] *= m;
   at::Tensor y = pooled_empty(sizes, x.scalar_type());

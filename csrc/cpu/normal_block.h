@@ -24,7 +24,9 @@ namespace stochnet::cpu {
 
 using VecF = at::vec::Vectorized<float>;
 using VecI = at::vec::Vectorized<int32_t>;
+using VecD = at::vec::Vectorized<double>;
 constexpr int kLanes = VecF::size();
+static_assert(2 * VecD::size() == kLanes, "widen() splits a float vector into two double vectors");
 
 // ---- ISA-specific pieces ---------------------------------------------------------
 #if defined(CPU_CAPABILITY_AVX512)
@@ -44,6 +46,11 @@ inline uint32_t positive_lanes(const VecF& v) { return _mm512_cmp_ps_mask(v, _mm
 inline VecF select_lanes(uint32_t bits, const VecF& v) { return _mm512_maskz_mov_ps(static_cast<__mmask16>(bits), v); }
 // Non-temporal store to a 64-byte aligned address: no read-for-ownership of the line.
 inline void store_stream(float* p, const VecF& v) { _mm512_stream_ps(p, v); }
+// Lanes [0, kLanes / 2) of v as doubles into low, the others into high.
+inline void widen(const VecF& v, VecD& low, VecD& high) {
+  low = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+  high = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
 // (n0, n1, n2, n3) with lane k = counter k -> out[4k + j] = nj[k].
 inline void store_transposed(float* out, __m512 a, __m512 b, __m512 c, __m512 d) {
   const __m512 t0 = _mm512_unpacklo_ps(a, b), t1 = _mm512_unpackhi_ps(a, b);
@@ -80,6 +87,10 @@ inline VecF select_lanes(uint32_t bits, const VecF& v) {
   return _mm256_and_ps(_mm256_castsi256_ps(on), v);
 }
 inline void store_stream(float* p, const VecF& v) { _mm256_stream_ps(p, v); }
+inline void widen(const VecF& v, VecD& low, VecD& high) {
+  low = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+  high = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+}
 inline void store_transposed(float* out, __m256 a, __m256 b, __m256 c, __m256 d) {
   const __m256 t0 = _mm256_unpacklo_ps(a, b), t1 = _mm256_unpackhi_ps(a, b);
   const __m256 t2 = _mm256_unpacklo_ps(c, d), t3 = _mm256_unpackhi_ps(c, d);
@@ -146,6 +157,12 @@ inline VecF select_lanes(uint32_t bits, const VecF& v) {
   return VecF::loadu(lanes);
 }
 inline void store_stream(float* p, const VecF& v) { v.store(p); }
+inline void widen(const VecF& v, VecD& low, VecD& high) {
+  alignas(64) double lanes[kLanes];
+  for (int l = 0; l < kLanes; ++l) lanes[l] = v[l];
+  low = VecD::loadu(lanes);
+  high = VecD::loadu(lanes + VecD::size());
+}
 inline void store_transposed(float* out, const VecF& a, const VecF& b, const VecF& c, const VecF& d) {
   const VecF* n[4] = {&a, &b, &c, &d};
   for (int j = 0; j < 4; ++j)

@@ -286,6 +286,7 @@ void check_cpu_dtype(const at::Tensor& t, const char* name) {
 
 at::Tensor perturb_fwd(const at::Tensor& x, const at::Tensor& theta, int64_t seed, int64_t offset) {
   check_perturb_args(x, theta, "x");
+  check_seed(seed, offset);
   check_cpu_dtype(x, "x");
   at::Tensor y = pooled_empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "perturb_fwd", [&] {
@@ -297,6 +298,7 @@ at::Tensor perturb_fwd(const at::Tensor& x, const at::Tensor& theta, int64_t see
 
 at::Tensor perturb_bwd(const at::Tensor& grad, const at::Tensor& theta, int64_t seed, int64_t offset) {
   check_perturb_args(grad, theta, "grad");
+  check_seed(seed, offset);
   check_cpu_dtype(grad, "grad");
   at::Tensor sums = at::empty(theta.sizes(), theta.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "perturb_bwd", [&] {

@@ -119,7 +119,7 @@ inline scalar_t clip(scalar_t v, scalar_t lo, scalar_t hi) {
   return std::min(std::max(v, lo), hi);
 }
 
-// alpha * sign(g), sign(0) = 0.
+// alpha * sign(g), sign(0) = sign(NaN) = 0.
 template <typename scalar_t>
 inline scalar_t sign_step(scalar_t g, scalar_t alpha) {
   return g > scalar_t(0) ? alpha : (g < scalar_t(0) ? -alpha : scalar_t(0));
@@ -130,6 +130,18 @@ inline at::vec::Vectorized<scalar_t> sign_step(const at::vec::Vectorized<scalar_
                                                const at::vec::Vectorized<scalar_t>& alpha) {
   const at::vec::Vectorized<scalar_t> zero(scalar_t(0));
   return (alpha & (g > zero)) - (alpha & (g < zero));
+}
+
+// grad with NaN entries as 0 (stochnet/ops/pgd.py): no step along them, no part of the per-sample
+// sums. The linf step needs no mask: sign_step is 0 for NaN.
+template <typename scalar_t>
+inline scalar_t nan_as_zero(scalar_t g) {
+  return g == g ? g : scalar_t(0);
+}
+
+template <typename scalar_t>
+inline at::vec::Vectorized<scalar_t> nan_as_zero(const at::vec::Vectorized<scalar_t>& g) {
+  return g & (g == g);
 }
 
 // The linf step of one element: clamp(x_orig + clamp(x_adv + step - x_orig, -eps, eps), lo, hi).
@@ -189,9 +201,13 @@ void l2_step(const scalar_t* xa, const scalar_t* g, const scalar_t* xo, const st
   const std::vector<Task> tasks = tasks_of(shape.batch, shape.per_sample);
   const std::vector<double> grad_sq = per_sample_sums(tasks, shape.batch, shape.per_sample, [&](const Task& task) {
     return sum_range<scalar_t>(
-        task.begin, task.end, [&](int64_t i) { return g[i] * g[i]; },
+        task.begin, task.end,
         [&](int64_t i) {
-          const Vec v = Vec::loadu(g + i);
+          const scalar_t v = nan_as_zero(g[i]);
+          return v * v;
+        },
+        [&](int64_t i) {
+          const Vec v = nan_as_zero(Vec::loadu(g + i));
           return v * v;
         });
   });
@@ -205,11 +221,11 @@ void l2_step(const scalar_t* xa, const scalar_t* g, const scalar_t* xo, const st
     return sum_range<scalar_t>(
         task.begin, task.end,
         [&](int64_t i) {
-          const scalar_t d = (xa[i] + g[i] * s) - xo[i];
+          const scalar_t d = (xa[i] + nan_as_zero(g[i]) * s) - xo[i];
           return d * d;
         },
         [&](int64_t i) {
-          const Vec d = (Vec::loadu(xa + i) + Vec::loadu(g + i) * vs) - Vec::loadu(xo + i);
+          const Vec d = (Vec::loadu(xa + i) + nan_as_zero(Vec::loadu(g + i)) * vs) - Vec::loadu(xo + i);
           return d * d;
         });
   });
@@ -225,10 +241,10 @@ void l2_step(const scalar_t* xa, const scalar_t* g, const scalar_t* xo, const st
     const Vec vs(s), vf(f), vlo(lo), vhi(hi);
     write_range<scalar_t>(
         out, task.begin, task.end, stream,
-        [&](int64_t i) { return clip(xo[i] + ((xa[i] + g[i] * s) - xo[i]) * f, lo, hi); },
+        [&](int64_t i) { return clip(xo[i] + ((xa[i] + nan_as_zero(g[i]) * s) - xo[i]) * f, lo, hi); },
         [&](int64_t i) {
           const Vec x0 = Vec::loadu(xo + i);
-          const Vec d = (Vec::loadu(xa + i) + Vec::loadu(g + i) * vs) - x0;
+          const Vec d = (Vec::loadu(xa + i) + nan_as_zero(Vec::loadu(g + i)) * vs) - x0;
           return at::vec::clamp(x0 + d * vf, vlo, vhi);
         });
   });
@@ -242,8 +258,8 @@ void mim_step(const scalar_t* xa, const scalar_t* g, const scalar_t* xo, scalar_
   const std::vector<Task> tasks = tasks_of(shape.batch, shape.per_sample);
   const std::vector<double> l1 = per_sample_sums(tasks, shape.batch, shape.per_sample, [&](const Task& task) {
     return sum_range<scalar_t>(
-        task.begin, task.end, [&](int64_t i) { return std::abs(g[i]); },
-        [&](int64_t i) { return Vec::loadu(g + i).abs(); });
+        task.begin, task.end, [&](int64_t i) { return std::abs(nan_as_zero(g[i])); },
+        [&](int64_t i) { return nan_as_zero(Vec::loadu(g + i)).abs(); });
   });
   std::vector<scalar_t> denom(shape.batch);
   for (int64_t b = 0; b < shape.batch; ++b)
@@ -256,12 +272,12 @@ void mim_step(const scalar_t* xa, const scalar_t* g, const scalar_t* xo, scalar_
     write_range<scalar_t>(
         out, task.begin, task.end, stream,
         [&](int64_t i) {
-          const scalar_t momentum = mu * m[i] + g[i] / d;
+          const scalar_t momentum = mu * m[i] + nan_as_zero(g[i]) / d;
           m[i] = momentum;
           return linf_project(xa[i], sign_step(momentum, a), xo[i], e, lo, hi);
         },
         [&](int64_t i) {
-          const Vec momentum = vmu * Vec::loadu(m + i) + Vec::loadu(g + i) / vd;
+          const Vec momentum = vmu * Vec::loadu(m + i) + nan_as_zero(Vec::loadu(g + i)) / vd;
           momentum.store(m + i);
           return linf_project<scalar_t>(Vec::loadu(xa + i), sign_step<scalar_t>(momentum, va), Vec::loadu(xo + i),
                                         ve, vlo, vhi);
@@ -393,6 +409,9 @@ at::Tensor mim_step_fwd(const at::Tensor& x_adv, const at::Tensor& grad, const a
                         double hi) {
   check_pgd_step_args(x_adv, grad, x_orig, eps, alpha, lo, hi);
   check_pgd_like(momentum, x_adv, "momentum");
+  check_unaliased(momentum, x_adv, "x_adv");
+  check_unaliased(momentum, grad, "grad");
+  check_unaliased(momentum, x_orig, "x_orig");
   check_cpu_dtype(x_adv, "x_adv");
   at::Tensor out = pooled_empty(x_adv.sizes(), x_adv.scalar_type());
   const std::vector<double> eps_values = per_sample_values(eps), alpha_values = per_sample_values(alpha);
@@ -412,6 +431,7 @@ at::Tensor random_start_fwd(const at::Tensor& x_orig, const at::Tensor& eps, c10
   check_cpu_dtype(x_orig, "x_orig");
   check_per_sample(eps, x_orig, "eps");
   check_clip(lo, hi);
+  check_seed(seed, offset);
   const bool l2 = is_l2_norm(norm);
   at::Tensor out = pooled_empty(x_orig.sizes(), x_orig.scalar_type());
   const std::vector<double> eps_values = per_sample_values(eps);

@@ -3,10 +3,11 @@
 //
 // Work is split into blocks of kBlock elements aligned in memory order, so a block's
 // normals come from one normal_block() call and its mask bytes belong to one thread.
-// Statistics are sums of d = x - K_c, K_c the first value of channel c (numerically sound
-// while K_c lies within a few std of the mean), in x's precision over at most kFlushBlocks
-// blocks (float: per vector lane; float64 and planes narrower than a vector: per plane run),
-// and in double beyond.
+// Statistics are sums of d = x - K_c and d^2, K_c the first value of channel c (numerically
+// sound while K_c lies within a few std of the mean), taken in double as the reference's
+// float64 std: a float d^2 overflows for |d| > 1.8e19. Float vectors are widened to two double
+// vectors for the sums (float: per vector lane; float64 and planes narrower than a vector: per
+// plane run).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -26,8 +27,6 @@
 namespace stochnet::cpu {
 namespace {
 
-constexpr int64_t kFlushBlocks = 64;
-
 template <typename scalar_t>
 struct ForwardArgs {
   const scalar_t* x;
@@ -42,40 +41,81 @@ struct ForwardArgs {
   bool stream;  // y is large and 64-byte aligned: write it with non-temporal stores
 };
 
-// Per-thread accumulators: tiled sums in x's precision (folded to channels on flush) and
-// double totals per channel.
-template <typename scalar_t>
+// Per-thread accumulators: per-column sums of the rows layout (folded to channels at the end)
+// and totals per channel.
 struct ChannelSums {
-  std::vector<scalar_t> sum, sum_sq;  // channels + kLanes
-  double* total;                      // 2 * channels: sum, sum of squares
+  std::vector<double> sum, sum_sq;  // channels + kLanes
+  double* total;                    // 2 * channels: sum, sum of squares
 
-  void flush(int64_t channels) {
+  void fold(int64_t channels) {
     for (size_t i = 0; i < sum.size(); ++i) {
       total[2 * (i % channels)] += sum[i];
       total[2 * (i % channels) + 1] += sum_sq[i];
-      sum[i] = sum_sq[i] = scalar_t(0);
     }
   }
 };
 
-// One element: y, mask bit and shifted sums at column `col` of the tables.
+// Sums of the lanes of x - shift, in double: sum[0] / sum_sq[0] hold lanes [0, kLanes / 2).
+struct LaneSums {
+  VecD sum[2] = {VecD(0.0), VecD(0.0)};
+  VecD sum_sq[2] = {VecD(0.0), VecD(0.0)};
+
+  static LaneSums load(const double* s, const double* s2) {
+    return {{VecD::loadu(s), VecD::loadu(s + VecD::size())}, {VecD::loadu(s2), VecD::loadu(s2 + VecD::size())}};
+  }
+  void store(double* s, double* s2) const {
+    for (int h = 0; h < 2; ++h) {
+      sum[h].store(s + h * VecD::size());
+      sum_sq[h].store(s2 + h * VecD::size());
+    }
+  }
+  void add(const VecF& x, const VecF& shift) {
+    VecD xd[2], kd[2];
+    widen(x, xd[0], xd[1]);
+    widen(shift, kd[0], kd[1]);
+    for (int h = 0; h < 2; ++h) {
+      const VecD d = xd[h] - kd[h];
+      sum[h] = sum[h] + d;
+      sum_sq[h] = at::vec::fmadd(d, d, sum_sq[h]);
+    }
+  }
+  // Adds the lane sums to channel c's totals and clears them.
+  void flush_to(double* total, int64_t c) {
+    total[2 * c] += lane_total(sum[0] + sum[1]);
+    total[2 * c + 1] += lane_total(sum_sq[0] + sum_sq[1]);
+    *this = LaneSums{};
+  }
+  // The sum of v's lanes (at::vec's vec_reduce_all has no vector version for double, and its
+  // fallback costs more than a small plane's work).
+  static double lane_total(const VecD& v) {
+    alignas(64) double lanes[VecD::size()];
+    v.store(lanes);
+    double total = 0;
+    for (int l = 0; l < VecD::size(); ++l) total += lanes[l];
+    return total;
+  }
+};
+
+template <typename scalar_t>
+inline void add_shifted(scalar_t x, scalar_t shift, double& sum, double& sum_sq) {
+  const double d = static_cast<double>(x) - static_cast<double>(shift);
+  sum += d;
+  sum_sq += d * d;
+}
+
+// One element: y, mask bit and (in training) the shifted sums.
 template <typename scalar_t, bool kTraining>
 inline void scalar_step(const scalar_t x, scalar_t& y, float z, scalar_t scale, scalar_t shift, uint8_t* bits,
-                        int bit, scalar_t& sum, scalar_t& sum_sq) {
+                        int bit, double& sum, double& sum_sq) {
   const scalar_t v = x + scale * static_cast<scalar_t>(z);
   y = v < scalar_t(0) ? scalar_t(0) : v;  // as torch.relu: -0 and NaN pass through
   if (v > scalar_t(0)) bits[bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
-  if constexpr (kTraining) {
-    const scalar_t d = x - shift;
-    sum += d;
-    sum_sq += d * d;
-  }
+  if constexpr (kTraining) add_shifted(x, shift, sum, sum_sq);
 }
 
-// kLanes elements at a lane-aligned position `bit` of the block.
-template <bool kTraining>
-inline void vector_step(const float* x, float* y, const float* z, const VecF& scale, const VecF& shift,
-                        uint8_t* bits, int bit, bool stream, VecF& sum, VecF& sum_sq) {
+// y and the mask bits of kLanes elements at a lane-aligned position `bit` of the block; returns x.
+inline VecF vector_step(const float* x, float* y, const float* z, const VecF& scale, uint8_t* bits, int bit,
+                        bool stream) {
   const VecF zero(0.0f);
   const VecF xv = VecF::loadu(x);
   const VecF v = xv + scale * VecF::loadu(z);
@@ -87,22 +127,18 @@ inline void vector_step(const float* x, float* y, const float* z, const VecF& sc
   }
   const uint32_t lanes = positive_lanes(v);
   std::memcpy(bits + bit / 8, &lanes, kLanes / 8);
-  if constexpr (kTraining) {
-    const VecF d = xv - shift;
-    sum = sum + d;
-    sum_sq = at::vec::fmadd(d, d, sum_sq);
-  }
+  return xv;
 }
 
 // Elements [start, start + n) of one (n, c) plane, at position `bit` of their block, one at a
 // time: float64, and float planes narrower than a vector.
 template <typename scalar_t, bool kTraining>
 void planar_run(const ForwardArgs<scalar_t>& a, int64_t start, int64_t n, int64_t channel, const float* z,
-                int bit, uint8_t* bits, ChannelSums<scalar_t>& sums) {
+                int bit, uint8_t* bits, ChannelSums& sums) {
   const scalar_t* x = a.x + start;
   scalar_t* y = a.y + start;
   const scalar_t scale = a.scale[channel], shift = a.shift[channel];
-  scalar_t sum = 0, sum_sq = 0;
+  double sum = 0, sum_sq = 0;
   for (int64_t i = 0; i < n; ++i)
     scalar_step<scalar_t, kTraining>(x[i], y[i], z[i], scale, shift, bits, bit + i, sum, sum_sq);
   if constexpr (kTraining) {
@@ -112,13 +148,13 @@ void planar_run(const ForwardArgs<scalar_t>& a, int64_t start, int64_t n, int64_
 }
 
 // Float planes of at least kLanes elements, a vector at a time: the shifted sums of the current
-// channel stay in vector accumulators across vectors and blocks, and reach the channel's double
-// totals when the channel changes or every kFlushBlocks blocks.
+// channel stay in vector accumulators across vectors and blocks, and reach the channel's
+// totals when the channel changes.
 struct PlaneCursor {
   int64_t plane_end;      // where the plane of the next element ends
   int64_t plane_channel;  // that plane's channel
   int64_t channel = -1;   // the channel the accumulators hold
-  VecF sum{0.0f}, sum_sq{0.0f};
+  LaneSums sums;
 
   // The cursor at memory position p (the one division; the loop steps without any).
   static PlaneCursor at(int64_t p, int64_t inner, int64_t channels) {
@@ -132,10 +168,7 @@ struct PlaneCursor {
   }
 
   void flush(double* total) {
-    if (channel < 0) return;
-    total[2 * channel] += at::vec::vec_reduce_all<float>(std::plus<VecF>(), sum);
-    total[2 * channel + 1] += at::vec::vec_reduce_all<float>(std::plus<VecF>(), sum_sq);
-    sum = sum_sq = VecF(0.0f);
+    if (channel >= 0) sums.flush_to(total, channel);
   }
   // Points the accumulators at channel c.
   void select(int64_t c, double* total) {
@@ -143,39 +176,38 @@ struct PlaneCursor {
     flush(total);
     channel = c;
   }
-  void add(int64_t c, const VecF& s, const VecF& s2, double* total) {
-    select(c, total);
-    sum = sum + s;
-    sum_sq = sum_sq + s2;
-  }
 };
 
 // Block [begin, end) of a planar float tensor with a.inner >= kLanes. A vector that straddles
-// two planes takes each lane's channel scale and shift, and splits its sums between the two.
+// two planes takes each lane's channel scale, and splits its sums between the two channels.
 template <bool kTraining>
 void planar_vector_block(const ForwardArgs<float>& a, int64_t begin, int64_t end, const float* z, uint8_t* bits,
-                         PlaneCursor& cur, ChannelSums<float>& sums) {
-  const VecF zero(0.0f), lane = VecF::arange(0.0f, 1.0f);
+                         PlaneCursor& cur, ChannelSums& sums) {
+  const VecF lane = VecF::arange(0.0f, 1.0f);
   int64_t e = begin;
   for (; e + kLanes <= end; e += kLanes) {
     const int bit = static_cast<int>(e - begin);
     const int64_t c = cur.plane_channel;
     if (e + kLanes <= cur.plane_end) {
-      if constexpr (kTraining) cur.select(c, sums.total);
-      vector_step<kTraining>(a.x + e, a.y + e, z + bit, VecF(a.scale[c]), VecF(a.shift[c]), bits, bit, a.stream,
-                             cur.sum, cur.sum_sq);
+      const VecF xv = vector_step(a.x + e, a.y + e, z + bit, VecF(a.scale[c]), bits, bit, a.stream);
+      if constexpr (kTraining) {
+        cur.select(c, sums.total);
+        cur.sums.add(xv, VecF(a.shift[c]));
+      }
       if (e + kLanes == cur.plane_end) cur.next_plane(a.inner, a.channels);
       continue;
     }
     const int64_t next = cur.next_channel(a.channels);
     const VecF in_next = lane >= VecF(static_cast<float>(cur.plane_end - e));
     const VecF scale = VecF::blendv(VecF(a.scale[c]), VecF(a.scale[next]), in_next);
-    const VecF shift = VecF::blendv(VecF(a.shift[c]), VecF(a.shift[next]), in_next);
-    VecF s(0.0f), s2(0.0f);
-    vector_step<kTraining>(a.x + e, a.y + e, z + bit, scale, shift, bits, bit, a.stream, s, s2);
+    const VecF xv = vector_step(a.x + e, a.y + e, z + bit, scale, bits, bit, a.stream);
     if constexpr (kTraining) {
-      cur.add(c, VecF::blendv(s, zero, in_next), VecF::blendv(s2, zero, in_next), sums.total);
-      cur.add(next, VecF::blendv(zero, s, in_next), VecF::blendv(zero, s2, in_next), sums.total);
+      // A lane of the other channel is replaced by the shift, so it adds d = 0.
+      const VecF shift(a.shift[c]), shift_next(a.shift[next]);
+      cur.select(c, sums.total);
+      cur.sums.add(VecF::blendv(xv, shift, in_next), shift);
+      cur.select(next, sums.total);
+      cur.sums.add(VecF::blendv(shift_next, xv, in_next), shift_next);
     }
     cur.next_plane(a.inner, a.channels);
   }
@@ -188,13 +220,13 @@ void planar_vector_block(const ForwardArgs<float>& a, int64_t begin, int64_t end
 // Elements [start, start + n) of the rows layout (channel = position mod channels).
 template <typename scalar_t, bool kTraining>
 void rows_run(const ForwardArgs<scalar_t>& a, int64_t start, int64_t n, const float* z, int bit, uint8_t* bits,
-              ChannelSums<scalar_t>& sums) {
+              ChannelSums& sums) {
   const scalar_t* x = a.x + start;
   scalar_t* y = a.y + start;
   const int64_t channels = a.channels;
   int64_t col = start % channels;
-  scalar_t* sum = sums.sum.data();
-  scalar_t* sum_sq = sums.sum_sq.data();
+  double* sum = sums.sum.data();
+  double* sum_sq = sums.sum_sq.data();
   int64_t i = 0;
   auto scalar = [&](int64_t k) {
     scalar_step<scalar_t, kTraining>(x[k], y[k], z[k], a.scale[col], a.shift[col], bits, bit + k, sum[col],
@@ -204,12 +236,11 @@ void rows_run(const ForwardArgs<scalar_t>& a, int64_t start, int64_t n, const fl
   if constexpr (std::is_same_v<scalar_t, float>) {
     for (; i < n && (bit + i) % kLanes != 0; ++i) scalar(i);
     for (; i + kLanes <= n; i += kLanes) {
-      VecF vsum = VecF::loadu(sum + col), vsum_sq = VecF::loadu(sum_sq + col);
-      vector_step<kTraining>(x + i, y + i, z + i, VecF::loadu(a.scale + col), VecF::loadu(a.shift + col), bits,
-                             bit + i, a.stream, vsum, vsum_sq);
+      const VecF xv = vector_step(x + i, y + i, z + i, VecF::loadu(a.scale + col), bits, bit + i, a.stream);
       if constexpr (kTraining) {
-        vsum.store(sum + col);
-        vsum_sq.store(sum_sq + col);
+        LaneSums lanes = LaneSums::load(sum + col, sum_sq + col);
+        lanes.add(xv, VecF::loadu(a.shift + col));
+        lanes.store(sum + col, sum_sq + col);
       }
       col += kLanes;
       if (col >= channels) col %= channels;
@@ -220,8 +251,7 @@ void rows_run(const ForwardArgs<scalar_t>& a, int64_t start, int64_t n, const fl
 
 // Blocks [first, last) of the tensor, on one thread.
 template <typename scalar_t, bool kTraining>
-void forward_blocks(const ForwardArgs<scalar_t>& a, Layout layout, int64_t first, int64_t last,
-                    ChannelSums<scalar_t>& sums) {
+void forward_blocks(const ForwardArgs<scalar_t>& a, Layout layout, int64_t first, int64_t last, ChannelSums& sums) {
   alignas(64) float z[kBlock];
   uint8_t bits[kBlock / 8];
   const bool vector_planes = std::is_same_v<scalar_t, float> && layout == Layout::kPlanar && a.inner >= kLanes;
@@ -231,15 +261,10 @@ void forward_blocks(const ForwardArgs<scalar_t>& a, Layout layout, int64_t first
     prefetch_ahead(a.x, a.stream ? nullptr : a.y, begin, a.numel);
     normal_block(a.seed, a.offset + static_cast<uint64_t>(begin / 4), z);
     std::memset(bits, 0, sizeof(bits));
-    const bool flush = kTraining && (block - first + 1) % kFlushBlocks == 0;
     if (layout == Layout::kRows) {
       rows_run<scalar_t, kTraining>(a, begin, end - begin, z, 0, bits, sums);
-      if (flush) sums.flush(a.channels);
     } else if (vector_planes) {
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        planar_vector_block<kTraining>(a, begin, end, z, bits, cur, sums);
-        if (flush) cur.flush(sums.total);
-      }
+      if constexpr (std::is_same_v<scalar_t, float>) planar_vector_block<kTraining>(a, begin, end, z, bits, cur, sums);
     } else {
       for (int64_t e = begin; e < end;) {
         const int64_t plane = e / a.inner;
@@ -251,7 +276,7 @@ void forward_blocks(const ForwardArgs<scalar_t>& a, Layout layout, int64_t first
     }
     std::memcpy(a.mask + begin / 8, bits, static_cast<size_t>((end - begin + 7) / 8));
   }
-  if (kTraining && layout == Layout::kRows) sums.flush(a.channels);
+  if (kTraining && layout == Layout::kRows) sums.fold(a.channels);
   if (kTraining && vector_planes) cur.flush(sums.total);
   if (a.stream) stream_fence();
 }
@@ -298,10 +323,10 @@ void forward(const at::Tensor& x, at::Tensor& running_sigma, double gamma, doubl
   std::vector<double> totals(training ? static_cast<size_t>(threads) * 2 * channels : 0, 0.0);
   const int64_t blocks = (numel + kBlock - 1) / kBlock;
   at::parallel_for(0, blocks, 64, [&](int64_t first, int64_t last) {
-    ChannelSums<scalar_t> sums;
+    ChannelSums sums;
     if (training) {
-      sums.sum.assign(channels + kLanes, scalar_t(0));
-      sums.sum_sq.assign(channels + kLanes, scalar_t(0));
+      sums.sum.assign(channels + kLanes, 0.0);
+      sums.sum_sq.assign(channels + kLanes, 0.0);
       sums.total = totals.data() + static_cast<size_t>(at::get_thread_num()) * 2 * channels;
       forward_blocks<scalar_t, true>(args, layout, first, last, sums);
     } else {
@@ -329,6 +354,7 @@ void forward(const at::Tensor& x, at::Tensor& running_sigma, double gamma, doubl
 std::tuple<at::Tensor, at::Tensor> stoc_relu_ema_fwd(const at::Tensor& x, at::Tensor& running_sigma, double gamma,
                                                      double momentum, bool training, int64_t seed, int64_t offset) {
   check_stoc_relu_ema_args(x, running_sigma, gamma, momentum, training);
+  check_seed(seed, offset);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "x must be float32 or float64 on CPU, got ", x.scalar_type());
   at::Tensor y = pooled_empty_like(x);
@@ -393,18 +419,21 @@ void fill_stream(at::Tensor& out, at::ScalarType dtype, const char* name, Fill f
 }
 
 void philox_words_out(int64_t seed, int64_t offset, at::Tensor& out) {
+  check_seed(seed, offset);
   fill_stream<int32_t>(out, at::kInt, "philox_words_out", [&](int64_t counter, int32_t* values) {
     word_block<false>(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + counter, values);
   });
 }
 
 void philox_uniform_out(int64_t seed, int64_t offset, at::Tensor& out) {
+  check_seed(seed, offset);
   fill_stream<float>(out, at::kFloat, "philox_uniform_out", [&](int64_t counter, float* values) {
     word_block<true>(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + counter, values);
   });
 }
 
 void philox_normal_out(int64_t seed, int64_t offset, at::Tensor& out) {
+  check_seed(seed, offset);
   fill_stream<float>(out, at::kFloat, "philox_normal_out", [&](int64_t counter, float* values) {
     normal_block(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + counter, values);
   });

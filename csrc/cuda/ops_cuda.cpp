@@ -24,6 +24,7 @@ int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCo
 template <typename T>
 void fill_stream(int64_t seed, int64_t offset, at::Tensor& out, at::ScalarType dtype, const char* name,
                  cudaError_t (*launch)(uint64_t, uint64_t, T*, int64_t, int, cudaStream_t)) {
+  check_seed(seed, offset);
   TORCH_CHECK(out.scalar_type() == dtype && out.is_contiguous(), "out must be a contiguous ", dtype,
               " tensor for ", name, ", got ", out.scalar_type());
   if (out.numel() == 0) return;
@@ -48,6 +49,7 @@ std::tuple<at::Tensor, at::Tensor> stoc_relu_ema_fwd_cuda(const at::Tensor& x, a
                                                           double momentum, bool training, int64_t seed,
                                                           int64_t offset) {
   check_stoc_relu_ema_args(x, running_sigma, gamma, momentum, training);
+  check_seed(seed, offset);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t numel = x.numel();
   const int64_t channels = x.size(1);

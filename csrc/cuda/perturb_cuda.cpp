@@ -21,6 +21,7 @@ namespace {
 gpu::PerturbArgs perturb_args(const at::Tensor& x, const at::Tensor& theta, int64_t seed, int64_t offset,
                               const char* name) {
   check_perturb_args(x, theta, name);
+  check_seed(seed, offset);
   gpu::PerturbArgs a{};
   a.dtype = gpu_dtype(x, name);
   a.theta_dtype = gpu_dtype(theta, "theta");

@@ -88,6 +88,9 @@ at::Tensor mim_step_fwd_cuda(const at::Tensor& x_adv, const at::Tensor& grad, co
                              double lo, double hi) {
   check_pgd_step_args(x_adv, grad, x_orig, eps, alpha, lo, hi);
   check_pgd_like(momentum, x_adv, "momentum");
+  check_unaliased(momentum, x_adv, "x_adv");
+  check_unaliased(momentum, grad, "grad");
+  check_unaliased(momentum, x_orig, "x_orig");
   check_cuda_input(x_adv, "x_adv");
   TORCH_CHECK(std::isfinite(mu), "mu must be finite, got ", mu);
   const c10::cuda::CUDAGuard guard(x_adv.device());
@@ -108,6 +111,7 @@ at::Tensor random_start_fwd_cuda(const at::Tensor& x_orig, const at::Tensor& eps
   check_pgd_input(x_orig, "x_orig");
   check_per_sample(eps, x_orig, "eps");
   check_clip(lo, hi);
+  check_seed(seed, offset);
   check_cuda_input(x_orig, "x_orig");
   const bool l2 = is_l2_norm(norm);
   const c10::cuda::CUDAGuard guard(x_orig.device());

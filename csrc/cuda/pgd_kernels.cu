@@ -12,6 +12,9 @@
 // elements) in float64 with a fixed tree and writes one partial; a finalize kernel (one warp
 // per sample) merges the partials of each sample in a fixed order and writes the per-sample
 // factors the elementwise kernel then applies.
+//
+// NaN, as the references: grad is read through load_grad, which takes a NaN entry as 0, and
+// sign_of(NaN) = 0, so a NaN momentum entry takes no step.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -53,6 +56,14 @@ __device__ void load_part(const T* a, int64_t p0, int lo, int hi, bool vec, A (&
 #pragma unroll
     for (int j = 0; j < kUnit; ++j) v[j] = (j >= lo && j < hi) ? static_cast<A>(Io<T>::load(a + p0 + j)) : A(0);
   }
+}
+
+// load_part of grad with NaN entries as 0.
+template <typename T, typename A>
+__device__ void load_grad(const T* grad, int64_t p0, int lo, int hi, bool vec, A (&g)[4]) {
+  load_part(grad, p0, lo, hi, vec, g);
+#pragma unroll
+  for (int j = 0; j < kUnit; ++j) g[j] = g[j] == g[j] ? g[j] : A(0);
 }
 
 // Elements p0 + j, j < valid, of a.
@@ -98,10 +109,10 @@ __device__ __forceinline__ typename AccOf<T>::type to_t(double v) {
   return Io<T>::round(static_cast<A>(v));
 }
 
-// torch.sign: 0 for +-0, NaN for NaN.
+// -1, 0 or 1; 0 for +-0 and NaN.
 template <typename A>
 __device__ __forceinline__ A sign_of(A g) {
-  return g > A(0) ? A(1) : (g < A(0) ? A(-1) : (g == A(0) ? A(0) : g));
+  return g > A(0) ? A(1) : (g < A(0) ? A(-1) : A(0));
 }
 
 // torch.clamp(v, lo, hi) = min(max(v, lo), hi); NaN passes through.
@@ -156,7 +167,7 @@ __global__ void __launch_bounds__(kThreads)
     const int valid = static_cast<int>(numel - p0 < kUnit ? numel - p0 : kUnit);
     A a[kUnit], g[kUnit], o[kUnit], y[kUnit];
     load_part(xa, p0, 0, valid, vec, a);
-    load_part(grad, p0, 0, valid, vec, g);
+    load_grad(grad, p0, 0, valid, vec, g);
     load_part(xo, p0, 0, valid, vec, o);
     SampleCursor c(p0, d);
 #pragma unroll
@@ -185,7 +196,7 @@ __global__ void __launch_bounds__(kThreads)
     const int valid = static_cast<int>(numel - p0 < kUnit ? numel - p0 : kUnit);
     A a[kUnit], g[kUnit], o[kUnit], y[kUnit];
     load_part(xa, p0, 0, valid, vec, a);
-    load_part(grad, p0, 0, valid, vec, g);
+    load_grad(grad, p0, 0, valid, vec, g);
     load_part(xo, p0, 0, valid, vec, o);
     SampleCursor c(p0, d);
 #pragma unroll
@@ -216,7 +227,7 @@ __global__ void __launch_bounds__(kThreads)
     const int valid = static_cast<int>(numel - p0 < kUnit ? numel - p0 : kUnit);
     A a[kUnit], g[kUnit], o[kUnit], m[kUnit], y[kUnit];
     load_part(xa, p0, 0, valid, vec, a);
-    load_part(grad, p0, 0, valid, vec, g);
+    load_grad(grad, p0, 0, valid, vec, g);
     load_part(xo, p0, 0, valid, vec, o);
     load_part(static_cast<const T*>(mom), p0, 0, valid, vec, m);
     SampleCursor c(p0, d);
@@ -330,13 +341,13 @@ __global__ void __launch_bounds__(kThreads)
     } else if constexpr (kMode == kDeltaSq) {
       A a[kUnit], g[kUnit], o[kUnit];
       load_part(xa, p0, lo, hi, vec, a);
-      load_part(grad, p0, lo, hi, vec, g);
+      load_grad(grad, p0, lo, hi, vec, g);
       load_part(xo, p0, lo, hi, vec, o);
 #pragma unroll
       for (int j = 0; j < kUnit; ++j) v[j] = static_cast<double>(l2_delta<T>(a[j], g[j], o[j], sc));
     } else {
       A g[kUnit];
-      load_part(grad, p0, lo, hi, vec, g);
+      load_grad(grad, p0, lo, hi, vec, g);
 #pragma unroll
       for (int j = 0; j < kUnit; ++j) v[j] = static_cast<double>(g[j]);
     }

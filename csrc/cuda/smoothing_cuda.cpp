@@ -59,6 +59,7 @@ gpu::VoteArgs vote_args(const at::Tensor& logits, int64_t m) {
 
 at::Tensor noisy_repeat_fwd_cuda(const at::Tensor& x, int64_t m, double sigma, int64_t seed, int64_t offset) {
   check_noisy_repeat_input(x, m, sigma);
+  check_seed(seed, offset);
   const c10::cuda::CUDAGuard guard(x.device());
   std::vector<int64_t> sizes = x.sizes().vec();
   sizes[0] *= m;

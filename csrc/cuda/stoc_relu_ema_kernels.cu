@@ -9,8 +9,9 @@
 // Training gathers (count, mean, M2) per channel as Welford/Chan partials in a scratch buffer
 // and a second small kernel merges them in double and updates sigma (it runs after the
 // forward on the stream, so the noise uses the sigma from before the update). Threads
-// accumulate in the compute type on x - x[0, c, 0] (the channel's first element, the same
-// shift everywhere), so a mean far from zero costs no precision in float32. How the
+// accumulate in double, as the reference's float64 std (a float32 d * d overflows for
+// |d| > 1.8e19), on x - x[0, c, 0] (the channel's first element, the same shift everywhere),
+// so a mean far from zero costs no precision either. How the
 // forward finds a thread's channels depends on the layout:
 //   planes    inner >= 8: one block per (channel, slice of the planes of that channel); a
 //             unit belongs to the plane holding its first element, which also computes the
@@ -99,12 +100,11 @@ __device__ void noisy_relu_unit(const A (&xv)[8], const A (&scale)[8], uint64_t 
 }
 
 // Chan et al.'s merge of (nb, mb, m2b) into (n, mean, m2).
-template <typename A>
-__device__ void chan_merge(A& n, A& mean, A& m2, A nb, A mb, A m2b) {
-  if (nb == A(0)) return;
-  const A total = n + nb;
-  const A delta = mb - mean;
-  const A wb = nb / total;
+__device__ void chan_merge(double& n, double& mean, double& m2, double nb, double mb, double m2b) {
+  if (nb == 0.0) return;
+  const double total = n + nb;
+  const double delta = mb - mean;
+  const double wb = nb / total;
   mean = mean + delta * wb;
   m2 = m2 + m2b + delta * delta * (n * wb);
   n = total;
@@ -183,8 +183,8 @@ __global__ void __launch_bounds__(kThreads)
   const A sg = static_cast<A>(sqrt_gamma);
   const A scale_here = sg * sigma.load<A>(c);
   const A scale_next = sg * sigma.load<A>(c + 1 == channels ? 0 : c + 1);
-  const A shift = static_cast<A>(Io<T>::load(x + c * inner));
-  A n = 0, mean = 0, m2 = 0;
+  const double shift = Io<T>::load(x + c * inner);
+  double n = 0, mean = 0, m2 = 0;
   for (int64_t f = first + threadIdx.x; f < last; f += blockDim.x) {
     const int64_t plane_n = f / units_per_plane;
     const int64_t begin = (plane_n * channels + c) * inner, end = begin + inner;
@@ -197,16 +197,16 @@ __global__ void __launch_bounds__(kThreads)
     // This plane's elements of the unit: [lo, hi), hi <= valid.
     const int lo = p0 < begin ? static_cast<int>(begin - p0) : 0;
     const int hi = static_cast<int>(end - p0 < kUnit ? end - p0 : kUnit);
-    A sum = 0;
+    double sum = 0;
 #pragma unroll
-    for (int j = 0; j < kUnit; ++j) sum += (j >= lo && j < hi) ? xv[j] - shift : A(0);
-    const A count = static_cast<A>(hi - lo);
-    const A unit_mean = sum / count;
-    A unit_m2 = 0;
+    for (int j = 0; j < kUnit; ++j) sum += (j >= lo && j < hi) ? static_cast<double>(xv[j]) - shift : 0.0;
+    const double count = hi - lo;
+    const double unit_mean = sum / count;
+    double unit_m2 = 0;
 #pragma unroll
     for (int j = 0; j < kUnit; ++j) {
-      const A d = (xv[j] - shift) - unit_mean;
-      unit_m2 += (j >= lo && j < hi) ? d * d : A(0);
+      const double d = (static_cast<double>(xv[j]) - shift) - unit_mean;
+      unit_m2 += (j >= lo && j < hi) ? d * d : 0.0;
     }
     chan_merge(n, mean, m2, count, unit_mean, unit_m2);
     if (lo == 0) {
@@ -216,7 +216,7 @@ __global__ void __launch_bounds__(kThreads)
       noisy_relu_unit(xv, scale, seed, offset, u, valid, vec, y, mask);
     }
   }
-  const Welford total = block_merge(Welford{static_cast<double>(n), static_cast<double>(mean), static_cast<double>(m2)});
+  const Welford total = block_merge(Welford{n, mean, m2});
   if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
@@ -235,19 +235,20 @@ __global__ void __launch_bounds__(kWarp * kPeriodicRows)
   const bool active = g < phases;
   const int64_t units = (numel + kUnit - 1) / kUnit;
   const int64_t period = channels * inner;
-  A mean[kUnit], m2[kUnit];
+  double mean[kUnit], m2[kUnit];
   int64_t count = 0;  // full units seen; slots j < tail also saw the last, partial unit
   int tail = 0;
 #pragma unroll
   for (int j = 0; j < kUnit; ++j) mean[j] = 0, m2[j] = 0;
   if (active) {
     const A sg = static_cast<A>(sqrt_gamma);
-    A scale[kUnit], shift[kUnit];
+    A scale[kUnit];
+    double shift[kUnit];
 #pragma unroll
     for (int j = 0; j < kUnit; ++j) {
       const int64_t c = ((kUnit * g + j) % period) / inner;
       scale[j] = sg * sigma.load<A>(c);
-      shift[j] = static_cast<A>(Io<T>::load(x + c * inner));
+      shift[j] = Io<T>::load(x + c * inner);
     }
     for (int64_t k = blockIdx.y * static_cast<int64_t>(kPeriodicRows) + threadIdx.y;;
          k += static_cast<int64_t>(gridDim.y) * kPeriodicRows) {
@@ -260,12 +261,12 @@ __global__ void __launch_bounds__(kWarp * kPeriodicRows)
       noisy_relu_unit(xv, scale, seed, offset, u, valid, vec, y, mask);
       if (valid == kUnit) ++count;
       else tail = valid;
-      const A inv = A(1) / static_cast<A>(valid == kUnit ? count : count + 1);
+      const double inv = 1.0 / static_cast<double>(valid == kUnit ? count : count + 1);
 #pragma unroll
       for (int j = 0; j < kUnit; ++j) {
         if (j < valid) {
-          const A v = xv[j] - shift[j];
-          const A d = v - mean[j];
+          const double v = static_cast<double>(xv[j]) - shift[j];
+          const double d = v - mean[j];
           mean[j] += d * inv;
           m2[j] += d * (v - mean[j]);
         }
@@ -276,8 +277,7 @@ __global__ void __launch_bounds__(kWarp * kPeriodicRows)
 #pragma unroll
   for (int j = 0; j < kUnit; ++j) {
     rows[threadIdx.y][threadIdx.x] =
-        Welford{static_cast<double>(count + (j < tail ? 1 : 0)), static_cast<double>(mean[j]),
-                static_cast<double>(m2[j])};
+        Welford{static_cast<double>(count + (j < tail ? 1 : 0)), mean[j], m2[j]};
     __syncthreads();
     if (threadIdx.y == 0 && active) {
       Welford w = rows[0][threadIdx.x];
@@ -294,22 +294,20 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     column_stats_kernel(const T* __restrict__ x, int64_t rows, int64_t period, int64_t inner, int64_t rows_per_chunk,
                         Welford* __restrict__ partials) {
-  using A = typename AccOf<T>::type;
   const int64_t col = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (col >= period) return;
   const int64_t first = blockIdx.y * rows_per_chunk;
   const int64_t last = first + rows_per_chunk < rows ? first + rows_per_chunk : rows;
-  const A shift = static_cast<A>(Io<T>::load(x + col / inner * inner));
-  A n = 0, mean = 0, m2 = 0;
+  const double shift = Io<T>::load(x + col / inner * inner);
+  double n = 0, mean = 0, m2 = 0;
   for (int64_t r = first; r < last; ++r) {
-    const A v = static_cast<A>(Io<T>::load(x + r * period + col)) - shift;
-    n += A(1);
-    const A d = v - mean;
+    const double v = Io<T>::load(x + r * period + col) - shift;
+    n += 1.0;
+    const double d = v - mean;
     mean += d / n;
     m2 += d * (v - mean);
   }
-  partials[blockIdx.y * period + col] = Welford{static_cast<double>(n), static_cast<double>(mean),
-                                                static_cast<double>(m2)};
+  partials[blockIdx.y * period + col] = Welford{n, mean, m2};
 }
 
 // Block c merges channel c's partials, index (t / run) * stride + c * run + t % run for

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from .output import format_table, percent, write_json
+from .output import check_writable, format_table, percent, write_json
 
 DEFAULT_RADII = "0,0.25,0.5,0.75,1.0"
 
@@ -61,6 +61,7 @@ def run(args):
     for name in ("n0", "n", "limit", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_writable(args.out)
     device = choose_device(args.device)
     state = load_checkpoint(args.checkpoint)
     run_args = state["args"]

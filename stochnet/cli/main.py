@@ -1,8 +1,9 @@
 """``stochnet {train,eval,certify,bench}``: the command-line driver.
 
 Every user error (unknown method, model or dataset, missing checkpoint or data folder, a
-checkpoint that does not fit its model, a bad option value) ends in one line
-``stochnet: error: ...`` and exit status 2, without a traceback.
+checkpoint that does not fit its model, a bad option value, an output folder that cannot be
+written) and every OS error (a full disk) ends in one line ``stochnet: error: ...`` and exit
+status 2, without a traceback.
 """
 import argparse
 import sys
@@ -49,7 +50,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("stochnet: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as error:
+    except (UsageError, ValueError, OSError) as error:  # OSError: a missing file, a full disk, ...
         message = str(error).strip().splitlines()
         print(f"stochnet: error: {message[0] if message else type(error).__name__}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,7 +1,22 @@
-"""What the commands print and write: aligned text tables, JSON files."""
+"""What the commands print and write: aligned text tables, JSON files, and the check that they can."""
 import json
 import math
+import tempfile
 from pathlib import Path
+
+
+def check_writable(folder, option="--out"):
+    """Create ``folder`` if needed and check that a file can be written in it, before a command
+    spends its compute: raises ValueError naming ``option`` otherwise."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {str(folder)!r} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ValueError(f"{option} {str(folder)!r} cannot be written: {error.strerror or error}") from error
 
 
 def format_table(rows, columns):

@@ -3,6 +3,7 @@ from ..data import DATASETS
 from ..defenses import METHODS, parse_options
 from ..models import MODEL_NAMES
 from .options import add_dataclass_options, collect
+from .output import check_writable
 
 
 def _method_in(argv):
@@ -50,6 +51,7 @@ def add_parser(commands, argv):
 def run(args):
     from ..train import TrainRun, train
 
+    check_writable(args.out)
     set_by_user = collect(args, args.option_names)
     # Stored as the method parses them, so a resumed run compares values, not spellings.
     parsed = parse_options(METHODS[args.method].Options, set_by_user)

@@ -54,16 +54,18 @@ class StocReLUEMA(nn.Module):
         self.sigma_initialized = bool(self.num_batches_tracked > 0)
 
     def forward(self, x):
-        momentum = self.momentum
-        if self.training:
-            # The first batch replaces the zero initial sigma instead of averaging with it.
-            if not self.sigma_initialized:
-                momentum = 1.0
-                self.sigma_initialized = True
-            self.num_batches_tracked.add_(1)
-            if self.sync:
-                return self._synchronized_forward(x, momentum)
-        return F.stoc_relu_ema(x, self.running_sigma, self.gamma, momentum, self.training, self.backend)
+        if not self.training:
+            return F.stoc_relu_ema(x, self.running_sigma, self.gamma, self.momentum, False, self.backend)
+        # The first batch replaces the zero initial sigma instead of averaging with it.
+        momentum = self.momentum if self.sigma_initialized else 1.0
+        if self.sync:
+            y = self._synchronized_forward(x, momentum)
+        else:
+            y = F.stoc_relu_ema(x, self.running_sigma, self.gamma, momentum, True, self.backend)
+        # Counted only once the op has accepted the batch: a rejected one changes no state.
+        self.sigma_initialized = True
+        self.num_batches_tracked.add_(1)
+        return y
 
     def _synchronized_forward(self, x, momentum):
         """Training step whose EMA uses the std pooled over every rank's batch, like SyncBatchNorm.

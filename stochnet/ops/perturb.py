@@ -10,7 +10,8 @@ Learn2Perturb code shares one draw across the batch; we do not). Backward: ``dx 
 import torch
 
 from . import backend as backends
-from .philox import normal_like, seed_pair
+from .devices import check_same_device
+from .philox import check_philox, normal_like, seed_pair
 
 
 def _kernel_module(name):
@@ -57,6 +58,8 @@ def perturb_op(x: torch.Tensor, theta: torch.Tensor, philox: torch.Tensor, backe
 
 @perturb_op.register_fake
 def _(x, theta, philox, backend):
+    check_same_device("x", x, theta=theta)
+    check_philox(philox)
     return torch.empty_like(x)
 
 
@@ -72,6 +75,8 @@ def perturb_theta_grad_op(grad: torch.Tensor, theta: torch.Tensor, philox: torch
 
 @perturb_theta_grad_op.register_fake
 def _(grad, theta, philox, backend):
+    check_same_device("grad", grad, theta=theta)
+    check_philox(philox)
     return torch.empty_like(theta)
 
 

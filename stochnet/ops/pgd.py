@@ -12,6 +12,10 @@ reductions (norms, mean |grad|) and the per-sample factors derived from them in 
   ``out = clamp(x_orig + delta * min(1, eps / ||delta||), lo, hi)`` (factor 1 when the norm is 0).
 - MIM: ``momentum <- mu * momentum + grad / max(mean |grad|, 1e-12)`` in place, then the
   linf step along ``sign(momentum)`` (torchattacks' MIFGSM).
+- NaN: a NaN entry of ``grad`` counts as 0 (no step along it, no part of ||grad|| or of
+  mean |grad|), and ``sign(NaN) = 0``, so a NaN momentum entry takes no step either: a NaN
+  gradient never turns x_adv into NaN.
+- MIM's ``momentum`` must share no memory with the other tensors (it is written while they are read).
 - random start, linf: ``x + eps * (2u - 1)`` with ``u`` uniform ``i`` of the Philox stream;
   l2: normals ``z`` (element ``i`` of the stream) scaled per sample to the radius
   ``eps * v ** (1 / d)``, ``v`` uniform ``b`` of the stream at ``offset + ceil(numel / 4)``,
@@ -30,7 +34,8 @@ graph break.
 import torch
 
 from . import backend as backends
-from .philox import philox_normal, philox_uniform, seed_pair
+from .devices import check_same_device
+from .philox import check_philox, philox_normal, philox_uniform, seed_pair
 
 MIN_NORM = 1e-12
 
@@ -52,6 +57,22 @@ def _sample_sums(t):
     return t.double().reshape(t.shape[0], -1).sum(dim=1)
 
 
+def _sign(t):
+    """-1, 0 or 1 in t's dtype, 0 for +-0 and NaN."""
+    return (t > 0).to(t.dtype) - (t < 0).to(t.dtype)
+
+
+def _nan_as_zero(grad):
+    return grad.masked_fill(grad.isnan(), 0)
+
+
+def _check_momentum_unaliased(momentum, **tensors):
+    """MIM writes momentum while it reads the other tensors: none may share its memory."""
+    for name, t in tensors.items():
+        if momentum.numel() and t.untyped_storage().data_ptr() == momentum.untyped_storage().data_ptr():
+            raise ValueError(f"momentum shares memory with {name}: it is updated in place, pass a separate tensor")
+
+
 def _linf_project(x_adv, step, x_orig, eps, lo, hi):
     eps_view = _per_sample_view(eps, x_orig)
     delta = torch.clamp((x_adv + step) - x_orig, -eps_view, eps_view)
@@ -60,8 +81,9 @@ def _linf_project(x_adv, step, x_orig, eps, lo, hi):
 
 def pgd_step_reference(x_adv, grad, x_orig, eps, alpha, norm, lo, hi):
     """One PGD step in pure torch; eps, alpha: (B,) float tensors."""
+    grad = _nan_as_zero(grad)
     if norm == "linf":
-        step = _per_sample_view(alpha, x_adv) * torch.sign(grad)
+        step = _per_sample_view(alpha, x_adv) * _sign(grad)
         return _linf_project(x_adv, step, x_orig, eps, lo, hi)
     grad_norm = _sample_sums(grad.double() ** 2).sqrt()
     scale = alpha.double() / grad_norm.clamp_min(MIN_NORM)
@@ -74,10 +96,12 @@ def pgd_step_reference(x_adv, grad, x_orig, eps, alpha, norm, lo, hi):
 
 def mim_step_reference(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi):
     """One MIM step in pure torch; updates ``momentum`` in place and returns the new x_adv."""
+    _check_momentum_unaliased(momentum, x_adv=x_adv, grad=grad, x_orig=x_orig)
+    grad = _nan_as_zero(grad)
     per_sample = grad[0].numel()
     denom = (_sample_sums(grad.abs()) / per_sample).clamp_min(MIN_NORM)
     momentum.copy_(momentum * mu + grad / _per_sample_view(denom, grad))
-    step = _per_sample_view(alpha, x_adv) * torch.sign(momentum)
+    step = _per_sample_view(alpha, x_adv) * _sign(momentum)
     return _linf_project(x_adv, step, x_orig, eps, lo, hi)
 
 
@@ -107,6 +131,7 @@ def pgd_step_op(x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, e
 
 @pgd_step_op.register_fake
 def _(x_adv, grad, x_orig, eps, alpha, norm, lo, hi, backend):
+    check_same_device("x_adv", x_adv, grad=grad, x_orig=x_orig, eps=eps, alpha=alpha)
     return torch.empty_like(x_adv)
 
 
@@ -122,6 +147,7 @@ def mim_step_op(x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, m
 
 @mim_step_op.register_fake
 def _(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi, backend):
+    check_same_device("x_adv", x_adv, grad=grad, x_orig=x_orig, momentum=momentum, eps=eps, alpha=alpha)
     return torch.empty_like(x_adv)
 
 
@@ -137,6 +163,8 @@ def random_start_op(x_orig: torch.Tensor, eps: torch.Tensor, norm: str, lo: floa
 
 @random_start_op.register_fake
 def _(x_orig, eps, norm, lo, hi, philox, backend):
+    check_same_device("x_orig", x_orig, eps=eps)
+    check_philox(philox)
     return torch.empty_like(x_orig)
 
 
@@ -161,12 +189,14 @@ def pgd_step(x_adv, grad, x_orig, eps, alpha, norm, lo, hi, backend):
 
 
 def mim_step(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi, backend):
-    """Dispatch after validation (see :func:`stochnet.functional.mim_step`); momentum is contiguous."""
+    """Dispatch after validation (see :func:`stochnet.functional.mim_step`); momentum is contiguous.
+
+    The reference runs inside the custom op too, so that torch.compile does not trace its check of
+    momentum's memory.
+    """
     name = backends.resolve(backend, x_adv.device)
     x_adv, grad, x_orig = x_adv.contiguous(), grad.contiguous(), x_orig.contiguous()
     eps, alpha = per_sample_tensor(eps, x_adv), per_sample_tensor(alpha, x_adv)
-    if name == "torch":
-        return mim_step_reference(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi)
     if name in ("cpp", "cuda"):
         return torch.ops.stochnet.mim_step_fwd(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi)
     return mim_step_op(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi, name)

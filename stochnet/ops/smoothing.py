@@ -21,7 +21,8 @@ nothing is saved for it.
 import torch
 
 from . import backend as backends
-from .philox import philox_normal, seed_pair
+from .devices import check_same_device
+from .philox import check_philox, philox_normal, seed_pair
 
 VOTE_MODES = ("prediction", "soft", "weighted")
 WEIGHTED_RANKS = 32
@@ -89,6 +90,7 @@ def noisy_repeat_op(x: torch.Tensor, m: int, sigma: float, philox: torch.Tensor,
 
 @noisy_repeat_op.register_fake
 def _(x, m, sigma, philox, backend):
+    check_philox(philox)
     return x.new_empty((x.shape[0] * m,) + tuple(x.shape[1:]))
 
 
@@ -135,6 +137,7 @@ def vote_soft_grad_op(grad: torch.Tensor, logits: torch.Tensor, m: int, backend:
 
 @vote_soft_grad_op.register_fake
 def _(grad, logits, m, backend):
+    check_same_device("logits", logits, grad=grad)
     return torch.empty_like(logits)
 
 

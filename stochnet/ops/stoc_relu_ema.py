@@ -12,7 +12,8 @@ import torch
 
 from . import backend as backends
 from .layout import dense, pack_bits, unpack_bits
-from .philox import normal_like, seed_pair
+from .devices import check_same_device
+from .philox import check_philox, normal_like, seed_pair
 
 
 def _kernel_module(name):
@@ -57,6 +58,8 @@ def stoc_relu_ema_op(x: torch.Tensor, running_sigma: torch.Tensor, gamma: float,
 
 @stoc_relu_ema_op.register_fake
 def _(x, running_sigma, gamma, momentum, training, philox, backend):
+    check_same_device("x", x, running_sigma=running_sigma)
+    check_philox(philox)
     mask = x.new_empty(((x.numel() + 7) // 8,), dtype=torch.uint8)
     return torch.empty_like(x), mask, torch.empty_like(running_sigma)
 
@@ -71,6 +74,7 @@ def stoc_relu_ema_backward_op(grad: torch.Tensor, mask: torch.Tensor, backend: s
 
 @stoc_relu_ema_backward_op.register_fake
 def _(grad, mask, backend):
+    check_same_device("grad", grad, mask=mask)
     return torch.empty_like(grad)
 
 

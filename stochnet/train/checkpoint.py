@@ -5,7 +5,8 @@ pickled code. Its keys: ``format``, ``epoch`` (epochs completed), ``args`` (the 
 arguments, enough to rebuild the model), ``model`` (state dict), ``noise`` (plain noise
 attributes that are not in the state dict, such as StocReLUEMA's scheduled ``gamma``),
 ``method`` (optimizers, schedulers, schedules), ``rng`` (one entry per rank) and ``history``
-(per-epoch metrics).
+(per-epoch metrics). :func:`load_checkpoint` checks these parts (``SCHEMA``) before any command
+reads them.
 """
 import os
 import random
@@ -17,6 +18,57 @@ import torch
 
 FORMAT = "stochnet-checkpoint-v1"
 NOISE_ATTRIBUTES = ("gamma",)
+
+
+def _count(low):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _of(kind):
+    return lambda v: isinstance(v, kind)
+
+
+def _numbers(v):
+    return isinstance(v, list) and all(_number(item) for item in v)
+
+
+def _tensors(v):
+    return isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values())
+
+
+def _noise(v):
+    return isinstance(v, dict) and all(isinstance(values, dict) and all(_number(x) for x in values.values())
+                                       for values in v.values())
+
+
+# What the commands read from a checkpoint: dotted key -> (what it must be, check). A parent
+# key comes before its children.
+SCHEMA = {
+    "epoch": ("an integer >= 0", _count(0)),
+    "args": ("a dict", _of(dict)),
+    "model": ("a dict of tensors", _tensors),
+    "noise": ("a dict of {attribute: number} dicts", _noise),
+    "method": ("a dict", _of(dict)),
+    "rng": ("a list", _of(list)),
+    "history": ("a list", _of(list)),
+    "args.method": ("a string", _of(str)),
+    "args.model": ("a string", _of(str)),
+    "args.data": ("a string", _of(str)),
+    "args.data_dir": ("a string or None", lambda v: v is None or isinstance(v, str)),
+    "args.epochs": ("an integer >= 1", _count(1)),
+    "args.width": ("a number > 0", lambda v: _number(v) and v > 0),
+    "args.options": ("a dict", _of(dict)),
+    "args.data_info": ("a dict", _of(dict)),
+    "args.data_info.num_classes": ("an integer >= 1", _count(1)),
+    "args.data_info.in_channels": ("an integer >= 1", _count(1)),
+    "args.data_info.image_size": ("an integer >= 1", _count(1)),
+    "args.data_info.mean": ("a list of numbers", _numbers),
+    "args.data_info.std": ("a list of numbers", _numbers),
+}
 
 
 class CheckpointError(ValueError):
@@ -95,4 +147,23 @@ def load_checkpoint(path, map_location="cpu"):
                               f"{(str(error).splitlines() or [''])[0]}") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a stochnet checkpoint (expected format {FORMAT!r})")
+    _check_schema(state, path)
     return state
+
+
+def _check_schema(state, path):
+    for key, (expected, check) in SCHEMA.items():
+        *parents, name = key.split(".")
+        holder = state
+        for parent in parents:
+            holder = holder[parent]
+        if name not in holder:
+            raise CheckpointError(f"checkpoint {str(path)!r} is malformed: {key} is missing")
+        if not check(holder[name]):
+            raise CheckpointError(f"checkpoint {str(path)!r} is malformed: {key} must be {expected}, "
+                                  f"got {_describe(holder[name])}")
+
+
+def _describe(value):
+    text = repr(value) if isinstance(value, (int, float, str)) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."

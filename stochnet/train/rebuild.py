@@ -12,8 +12,13 @@ def model_from_checkpoint(state, device="cpu"):
     The architecture is built as training built it: ``build_model`` from the stored model
     name, width and data shape, then the stored method's own conversion (a stochastic student
     gets its noise modules); then the weights, buffers and scheduled noise attributes are
-    loaded. A checkpoint whose weights do not fit that architecture raises CheckpointError.
+    loaded. A checkpoint whose weights do not fit that architecture, or are not finite (the
+    model of a diverged run: its NaN outputs would also pass for noise), raises CheckpointError.
     """
+    not_finite = [name for name, t in state["model"].items() if t.is_floating_point() and not t.isfinite().all()]
+    if not_finite:
+        raise CheckpointError(f"the checkpoint's weights are not finite: {len(not_finite)} tensor(s) hold NaN or "
+                              f"inf, the first {not_finite[0]!r}")
     args = state["args"]
     info = args["data_info"]
     model = build_model(args["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],

@@ -1,0 +1,250 @@
+"""Hostile input to the ops and noise modules on every backend available here: a clear error (the
+same on every backend) or a defined result, never uninitialized memory or silently lost state."""
+import os
+
+import pytest
+import torch
+
+import stochnet
+from stochnet import functional as F
+from stochnet.ops import perturb as perturb_ops
+from stochnet.ops import smoothing as smoothing_ops
+from stochnet.ops import stoc_relu_ema as stoc_relu_ema_ops
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKENDS = ["torch", "cpp"] if DEVICE == "cpu" else ["torch", "cuda"]
+if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+    BACKENDS.append("triton")
+KERNEL_BACKENDS = [b for b in BACKENDS if b != "torch"]
+PHILOX = torch.tensor([12345, 0])
+
+
+def _x(*shape, dtype=torch.float32):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(0), dtype=dtype).to(DEVICE)
+
+
+# ---------------------------------------------------------------------------- devices (item 1)
+
+NOISE_CALLS = {
+    "perturb": lambda x, backend, philox: F.perturb(x, torch.zeros(3, device=DEVICE), backend=backend, philox=philox),
+    "noisy_repeat": lambda x, backend, philox: F.noisy_repeat(x, 2, 0.0, backend=backend, philox=philox),
+    "stoc_relu_ema": lambda x, backend, philox: F.stoc_relu_ema(x, torch.zeros(3, device=DEVICE), 0.1,
+                                                                backend=backend, philox=philox),
+    "random_start": lambda x, backend, philox: F.random_start(x, 0.0, backend=backend, philox=philox),
+}
+
+
+@pytest.mark.parametrize("call", NOISE_CALLS.values(), ids=NOISE_CALLS.keys())
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_philox_tensor_on_another_device_is_an_error_not_garbage(backend, call):
+    x = torch.zeros(2, 3, 4, device=DEVICE)
+    with pytest.raises(ValueError, match="philox must be an int64 CPU tensor of shape"):
+        call(x, backend, torch.tensor([1, 0], device="meta"))
+    with pytest.raises(ValueError, match="philox must be an int64 CPU tensor of shape"):
+        call(x, backend, torch.tensor([1.0, 0.0]))
+
+
+META_OP_CALLS = {
+    "perturb": lambda x, m: perturb_ops.perturb_op(x, m(torch.zeros(3)), PHILOX, "cpp"),
+    "perturb_philox": lambda x, m: perturb_ops.perturb_op(x, torch.zeros(3), m(PHILOX), "cpp"),
+    "perturb_theta_grad": lambda x, m: perturb_ops.perturb_theta_grad_op(x, m(torch.zeros(3)), PHILOX, "cpp"),
+    "noisy_repeat": lambda x, m: smoothing_ops.noisy_repeat_op(x, 2, 0.0, m(PHILOX), "cpp"),
+    "vote_soft_grad": lambda x, m: smoothing_ops.vote_soft_grad_op(m(torch.zeros(1, 4)), x.view(6, 4), 6, "cpp"),
+    "stoc_relu_ema": lambda x, m: stoc_relu_ema_ops.stoc_relu_ema_op(x, m(torch.zeros(3)), 0.1, 0.5, True, PHILOX,
+                                                                     "cpp"),
+    "stoc_relu_ema_backward": lambda x, m: stoc_relu_ema_ops.stoc_relu_ema_backward_op(
+        x, m(torch.zeros(3, dtype=torch.uint8)), "cpp"),
+    "pgd_step": lambda x, m: torch.ops.stochnet.pgd_step(x, m(x), x, torch.ones(2), torch.ones(2), "linf", 0.0, 1.0,
+                                                         "cpp"),
+    "mim_step": lambda x, m: torch.ops.stochnet.mim_step(x, x, x, m(x), torch.ones(2), torch.ones(2), 1.0, 0.0, 1.0,
+                                                         "cpp"),
+    "random_start": lambda x, m: torch.ops.stochnet.random_start(x, m(torch.ones(2)), "linf", 0.0, 1.0, PHILOX, "cpp"),
+    "stoc_relu_ema_fwd": lambda x, m: torch.ops.stochnet.stoc_relu_ema_fwd(x, m(torch.zeros(3)), 0.1, 0.5, True, 1, 0),
+    "relu_mask_backward": lambda x, m: torch.ops.stochnet.relu_mask_backward(x, m(torch.zeros(3, dtype=torch.uint8))),
+    "perturb_fwd": lambda x, m: torch.ops.stochnet.perturb_fwd(x, m(torch.zeros(3)), 1, 0),
+    "perturb_bwd": lambda x, m: torch.ops.stochnet.perturb_bwd(x, m(torch.zeros(3)), 1, 0),
+    "pgd_step_fwd": lambda x, m: torch.ops.stochnet.pgd_step_fwd(x, x, x, m(torch.ones(2)), torch.ones(2), "linf",
+                                                                 0.0, 1.0),
+    "mim_step_fwd": lambda x, m: torch.ops.stochnet.mim_step_fwd(x, x, x, m(x), torch.ones(2), torch.ones(2), 1.0,
+                                                                 0.0, 1.0),
+    "random_start_fwd": lambda x, m: torch.ops.stochnet.random_start_fwd(x, m(torch.ones(2)), "linf", 0.0, 1.0, 1, 0),
+    "vote_soft_bwd": lambda x, m: torch.ops.stochnet.vote_soft_bwd(m(torch.zeros(1, 4)), x.view(6, 4), 6),
+}
+
+
+@pytest.mark.parametrize("call", META_OP_CALLS.values(), ids=META_OP_CALLS.keys())
+def test_ops_reject_arguments_on_mixed_devices(call):
+    """A meta argument beside CPU ones sends the call to the fake implementation, which must not
+    hand back uninitialized memory as a result."""
+    with pytest.raises(ValueError, match="meta"):
+        call(torch.zeros(2, 3, 4), lambda t: t.to("meta"))
+
+
+def test_all_meta_arguments_still_trace():
+    x = torch.zeros(2, 3, 4, device="meta")
+    y = perturb_ops.perturb_op(x, torch.zeros(3, device="meta"), PHILOX, "cpp")
+    assert y.device.type == "meta" and y.shape == x.shape
+    assert torch.ops.stochnet.perturb_fwd(x, torch.zeros(3, device="meta"), 1, 0).shape == x.shape
+
+
+# ---------------------------------------------------- StocReLUEMA state on a rejected batch (item 3)
+
+REJECTED_BATCHES = {
+    "half": lambda: torch.randn(8, 4, device=DEVICE).to(torch.float16 if DEVICE == "cpu" else torch.int32),
+    "one_row": lambda: torch.randn(1, 4, device=DEVICE),
+    "wrong_channels": lambda: torch.randn(8, 5, device=DEVICE),
+}
+
+
+@pytest.mark.parametrize("make_batch", REJECTED_BATCHES.values(), ids=REJECTED_BATCHES.keys())
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rejected_batch_leaves_stoc_relu_ema_state_unchanged(backend, make_batch):
+    act = stochnet.nn.StocReLUEMA(4, gamma=0.1, momentum=0.5, backend=backend).to(DEVICE).train()
+    with pytest.raises((TypeError, ValueError)):
+        act(make_batch())
+    assert not act.sigma_initialized and int(act.num_batches_tracked) == 0
+    assert torch.equal(act.running_sigma, torch.zeros(4, device=DEVICE))
+    x = torch.randn(16, 4, device=DEVICE) * 3
+    act(x)  # the first real batch sets sigma to its std, not the average with 0
+    torch.testing.assert_close(act.running_sigma, x.double().std(0).float(), rtol=1e-5, atol=1e-6)
+    assert int(act.num_batches_tracked) == 1
+
+
+# ---------------------------------------------------- channel std of outliers and large values (item 4)
+
+def _layouts(x):
+    return {"planar": x, "channels_last": x.contiguous(memory_format=torch.channels_last),
+            "rows": x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]),
+            "narrow_planes": x.reshape(x.shape[0], x.shape[1], -1)[..., :3].contiguous()}
+
+
+def _outliers():
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    x[1, 0, 5, 7] = 1e20  # channel 0: one huge activation among 4095 standard normals
+    x[:, 1] = x[:, 1] * 1e19  # channel 1: every value large, squares beyond float32
+    x[:, 2] = 3e4 + x[:, 2] * 1e-2  # channel 2: mean far from zero, tiny spread
+    return x
+
+
+@pytest.mark.parametrize("layout", ["planar", "channels_last", "rows", "narrow_planes"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_channel_std_of_outliers_and_large_values_matches_the_reference(backend, dtype, layout):
+    x = _layouts(_outliers().to(dtype))[layout].to(DEVICE)
+    sigma, sigma_ref = torch.zeros(3, device=DEVICE), torch.zeros(3, device=DEVICE)
+    F.stoc_relu_ema(x, sigma, 0.1, 1.0, backend=backend, philox=PHILOX)
+    F.stoc_relu_ema(x, sigma_ref, 0.1, 1.0, backend="torch", philox=PHILOX)
+    assert torch.isfinite(sigma).all()
+    torch.testing.assert_close(sigma, sigma_ref, rtol=1e-5, atol=0)
+    if layout != "narrow_planes":
+        assert sigma[0].item() == pytest.approx(1e20 / 4096**0.5, rel=1e-4)  # 1.56e18, as the issue expects
+
+
+# ------------------------------------------------------------- NaN gradients of PGD / MIM (item 5)
+
+NAN = float("nan")
+
+
+def _nan_grad():
+    grad = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(2))
+    grad[0, 0, 0] = NAN  # one NaN entry in sample 0
+    grad[1] = NAN  # sample 1: every entry NaN
+    return grad.to(DEVICE)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nan_gradient_entry_counts_as_zero_in_pgd_step(backend, norm):
+    x_adv, x_orig, grad = _x(3, 2, 4) * 0.5 + 0.25, _x(3, 2, 4) * 0.5 + 0.25, _nan_grad()
+    out = F.pgd_step(x_adv, grad, x_orig, 0.1, 0.05, norm=norm, backend=backend)
+    expected = F.pgd_step(x_adv, grad.nan_to_num(0.0), x_orig, 0.1, 0.05, norm=norm, backend="torch")
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-7)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nan_gradient_entry_counts_as_zero_in_mim_step(backend):
+    x_adv, x_orig, grad = _x(3, 2, 4) * 0.5 + 0.25, _x(3, 2, 4) * 0.5 + 0.25, _nan_grad()
+    momentum = torch.randn_like(x_adv)
+    expected_momentum = momentum.clone()
+    out = F.mim_step(x_adv, grad, x_orig, momentum, 0.1, 0.05, mu=0.9, backend=backend)
+    expected = F.mim_step(x_adv, grad.nan_to_num(0.0), x_orig, expected_momentum, 0.1, 0.05, mu=0.9,
+                          backend="torch")
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(momentum, expected_momentum, rtol=1e-6, atol=1e-7)
+    assert torch.isfinite(momentum).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nan_momentum_entry_takes_no_step(backend):
+    x = _x(1, 4) * 0.5 + 0.25
+    momentum = torch.tensor([[NAN, 1.0, -1.0, 1.0]], device=DEVICE)
+    out = F.mim_step(x, torch.zeros_like(x), x, momentum, 0.1, 0.05, backend=backend)
+    torch.testing.assert_close(out, x + torch.tensor([[0.0, 0.05, -0.05, 0.05]], device=DEVICE))
+
+
+# --------------------------------------------------- the backends accept the same inputs (item 9)
+
+@pytest.mark.parametrize("philox", [[-1, 0], [1, -4]], ids=["seed", "offset"])
+@pytest.mark.parametrize("call", NOISE_CALLS.values(), ids=NOISE_CALLS.keys())
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_negative_seeds_and_offsets_are_rejected(backend, call, philox):
+    with pytest.raises(ValueError, match=r"philox must hold a seed and an offset >= 0"):
+        call(torch.zeros(2, 3, 4, device=DEVICE), backend, torch.tensor(philox))
+
+
+def test_kernel_ops_reject_negative_seeds_and_offsets():
+    x, theta = torch.zeros(2, 3, 4), torch.zeros(3)
+    for seed, offset in ((-1, 0), (0, -1)):
+        with pytest.raises(RuntimeError, match="seed and offset must be >= 0"):
+            torch.ops.stochnet.perturb_fwd(x, theta, seed, offset)
+        with pytest.raises(RuntimeError, match="seed and offset must be >= 0"):
+            torch.ops.stochnet.philox_normal_out(seed, offset, torch.empty(4))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_non_contiguous_running_sigma_is_rejected(backend):
+    sigma = torch.ones(6, device=DEVICE)[::2]
+    with pytest.raises(ValueError, match=r"running_sigma must be contiguous: it is updated in place, got strides"):
+        F.stoc_relu_ema(_x(4, 3), sigma, 0.1, backend=backend)
+    assert torch.equal(sigma, torch.ones(3, device=DEVICE))
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs Triton")
+def test_triton_kernel_names_the_contiguity_of_sigma():
+    from stochnet.kernels import stoc_relu_ema as kernels
+    with pytest.raises(ValueError, match=r"running_sigma must be contiguous, got strides \(2,\)"):
+        kernels.stoc_relu_ema_fwd(_x(4, 3), torch.ones(6, device=DEVICE)[::2], 0.1, 0.5, True, 1, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_momentum_that_requires_grad_is_rejected(backend):
+    x = _x(2, 4)
+    momentum = torch.zeros(2, 4, device=DEVICE, requires_grad=True)
+    with pytest.raises(ValueError, match="momentum must not require grad"):
+        F.mim_step(x, torch.randn_like(x), x, momentum, 0.1, 0.05, backend=backend)
+
+
+@pytest.mark.parametrize("name", ["gamma", "momentum"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_differentiable_scalar_tensor_of_stoc_relu_ema_is_rejected(backend, name):
+    """The op is not differentiable in gamma or momentum: a gradient would silently be lost."""
+    scalars = {"gamma": 0.1, "momentum": 0.5, name: torch.tensor(0.3, requires_grad=True)}
+    with pytest.raises(TypeError, match=f"{name} must be a number"):
+        F.stoc_relu_ema(_x(4, 3), torch.ones(3, device=DEVICE), backend=backend, **scalars)
+
+
+@pytest.mark.parametrize("alias", ["x_adv", "grad", "x_orig"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_momentum_sharing_memory_with_an_input_is_rejected(backend, alias):
+    tensors = {"x_adv": _x(2, 4), "grad": torch.randn(2, 4, device=DEVICE), "x_orig": _x(2, 4)}
+    before = {name: t.clone() for name, t in tensors.items()}
+    with pytest.raises(ValueError, match=f"momentum shares memory with {alias}"):
+        F.mim_step(tensors["x_adv"], tensors["grad"], tensors["x_orig"], tensors[alias], 0.1, 0.05, backend=backend)
+    assert all(torch.equal(tensors[name], before[name]) for name in tensors)
+
+
+def test_kernel_ops_reject_a_momentum_aliasing_an_input():
+    x, eps = torch.rand(2, 4), torch.full((2,), 0.1)
+    with pytest.raises(ValueError, match="momentum shares memory with x_adv"):
+        torch.ops.stochnet.mim_step_fwd(x, torch.randn(2, 4), x.clone(), x, eps, eps, 1.0, 0.0, 1.0)
