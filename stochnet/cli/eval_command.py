@@ -6,7 +6,7 @@ import torch
 
 from .attack_specs import (ATTACK_NAMES, AttackSettings, crafting_attack, make_attack, make_transfer_attack,
                            parse_attack_names)
-from .output import format_table, percent, write_json
+from .output import check_writable, format_table, percent, write_json
 from .transfer_source import load_source
 
 
@@ -46,16 +46,30 @@ def add_parser(commands, argv):
 
 
 def run(args):
-    from ..data import load_data
-    from ..eval import robust_accuracy
-    from ..train import load_checkpoint, model_from_checkpoint
-    from ..train.distributed import choose_device
+    from ..train.distributed import setup_ranks, teardown
 
     names = parse_attack_names(args.attacks)
     transfers = _check_arguments(args, names)
+    check_writable(args.out)
     settings = AttackSettings(eps=args.eps, eps_l2=args.eps_l2, alpha=args.alpha, steps=args.steps,
                               eot_samples=args.eot_samples, cw_steps=args.cw_steps, queries=args.queries)
-    device = choose_device(args.device)
+    # Under torchrun each rank scores its shard of the images; rank 0 alone prints and writes.
+    ranks = setup_ranks(args.device)
+    try:
+        return _run(args, names, transfers, settings, ranks)
+    finally:
+        teardown(ranks)
+
+
+def _run(args, names, transfers, settings, ranks):
+    from ..data import load_data
+    from ..eval.distributed import any_over_ranks, max_over_ranks, shard_indices, sum_counts
+    from ..eval.robust import robust_counts, summarize_counts
+    from ..train import load_checkpoint, model_from_checkpoint
+    from ..train.distributed import rank_seed
+
+    say = print if ranks.is_main else _silent
+    device = ranks.device
     states = [(path, load_checkpoint(path)) for path in args.checkpoint]  # every path checked before any work
     source = load_source(args.source_checkpoint, states, device) if transfers else None
     source_label = checkpoint_label(source.path, source.args) if source else None
@@ -64,15 +78,19 @@ def run(args):
         run_args = state["args"]
         model = model_from_checkpoint(state, device)
         bundle = load_data(run_args["data"], args.data_dir or run_args["data_dir"], augment=False)
-        test = bundle.test if args.limit is None else torch.utils.data.Subset(
-            bundle.test, range(min(args.limit, len(bundle.test))))
+        count = len(bundle.test) if args.limit is None else min(args.limit, len(bundle.test))
+        test = bundle.test if args.limit is None and not ranks.distributed else torch.utils.data.Subset(
+            bundle.test, shard_indices(count, ranks.rank, ranks.world_size))
         loader = torch.utils.data.DataLoader(test, batch_size=args.batch_size)
-        first_batch = next(iter(loader))[0].to(device)
-        stochastic = is_stochastic(model, first_batch)
-        source_stochastic = is_stochastic(source.model, first_batch) if source else None
+        # Every rank takes the same decision (a rank's shard may be empty), so repeats agree.
+        first = next(iter(loader), None)
+        first_batch = first[0].to(device) if first is not None else None
+        stochastic = any_over_ranks(first is not None and is_stochastic(model, first_batch), ranks)
+        source_stochastic = any_over_ranks(first is not None and is_stochastic(source.model, first_batch),
+                                           ranks) if source else None
         label = checkpoint_label(path, run_args)
         for name in names:
-            torch.manual_seed(args.seed)
+            torch.manual_seed(rank_seed(args.seed, ranks.rank))  # args.seed on rank 0, its own noise elsewhere
             transfer = crafting_attack(name) is not None
             if transfer:
                 attack, eps = make_transfer_attack(name, source.model, run_args["data"], bundle.num_classes,
@@ -82,7 +100,10 @@ def run(args):
             # A transfer attack varies from repeat to repeat when either model draws noise.
             repeats = args.repeats if stochastic or (transfer and source_stochastic) else 1
             start = time.perf_counter()
-            report = robust_accuracy(model, attack, loader, repeats=repeats, device=device)
+            counts = robust_counts(model, attack, loader, repeats=repeats, device=device,
+                                   allow_empty=ranks.distributed)
+            seconds = max_over_ranks(time.perf_counter() - start, ranks)
+            report = summarize_counts(sum_counts(counts, ranks))
             crafting = attack.source_attack if transfer else attack
             rows.append({"checkpoint": str(path), "label": label, "method": run_args["method"],
                          "model": run_args["model"], "data": run_args["data"], "stochastic": stochastic,
@@ -90,16 +111,22 @@ def run(args):
                          "source_checkpoint": source.path if transfer else None,
                          "source_label": source_label if transfer else None,
                          "source_stochastic": source_stochastic if transfer else None,
-                         "seconds": time.perf_counter() - start, **report})
-            print(f"{label} {name}: done in {rows[-1]['seconds']:.1f}s", flush=True)
+                         "seconds": seconds, **report})
+            say(f"{label} {name}: done in {rows[-1]['seconds']:.1f}s", flush=True)
+    if not ranks.is_main:
+        return 0
     if source:
         print(f"transfer-* rows: examples crafted on {source_label}, scored on the row's model")
     print(format_table(rows, _COLUMNS))
     settings_json = {**vars(settings), "limit": args.limit, "seed": args.seed, "repeats": args.repeats,
-                     "source_checkpoint": args.source_checkpoint}
+                     "source_checkpoint": args.source_checkpoint, "processes": ranks.world_size}
     path = write_json(Path(args.out) / "eval.json", {"settings": settings_json, "rows": rows})
     print(f"wrote {path}")
     return 0
+
+
+def _silent(*args, **kwargs):
+    """``print`` on the ranks other than 0: they say nothing."""
 
 
 def is_stochastic(model, x):

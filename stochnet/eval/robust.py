@@ -3,6 +3,10 @@ import math
 
 import torch
 
+COUNT_KEYS = ("total", "clean_correct", "adv_correct", "flipped")
+"""What :func:`robust_counts` counts per repeat: samples, clean-correct ones, adversarially correct
+ones, and the clean-correct ones the attack turns into errors."""
+
 
 def _std(values):
     """Sample standard deviation (n - 1); 0 for a single repeat."""
@@ -24,7 +28,17 @@ def robust_accuracy(model, attack, loader, repeats=1, device=None):
 
     Returns a dict with ``clean_accuracy``, ``adversarial_accuracy``, ``asr``, each with a
     ``_std`` twin, the per-repeat lists under ``per_repeat``, ``repeats`` and ``num_samples``.
+    It is :func:`summarize_counts` of :func:`robust_counts`.
     """
+    return summarize_counts(robust_counts(model, attack, loader, repeats=repeats, device=device))
+
+
+def robust_counts(model, attack, loader, repeats=1, device=None, allow_empty=False):
+    """The counts behind :func:`robust_accuracy`: one dict per repeat with the integers
+    :data:`COUNT_KEYS`. Counts of disjoint shards of a test set add up to the counts of the whole
+    set, so processes that each evaluate a shard can sum them (``torch.distributed.all_reduce``)
+    and summarize once. ``allow_empty`` lets a loader yield no samples (a shard of nothing): every
+    count is then 0; otherwise an empty loader raises ValueError."""
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     if getattr(attack, "targeted", False):
@@ -34,8 +48,7 @@ def robust_accuracy(model, attack, loader, repeats=1, device=None):
         device = parameter.device if parameter is not None else None
     modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
     modes = [m.training for m in modules]
-    results = {"clean_accuracy": [], "adversarial_accuracy": [], "asr": []}
-    num_samples = 0
+    counts = []
     try:
         for _ in range(repeats):
             total = clean_correct = adv_correct = flipped = 0
@@ -53,20 +66,34 @@ def robust_accuracy(model, attack, loader, repeats=1, device=None):
                 clean_correct += int(clean_ok.sum())
                 adv_correct += int(adv_ok.sum())
                 flipped += int((clean_ok & ~adv_ok).sum())
-            if total == 0:
+            if total == 0 and not allow_empty:
                 raise ValueError("loader yielded no samples")
-            num_samples = total
-            results["clean_accuracy"].append(clean_correct / total)
-            results["adversarial_accuracy"].append(adv_correct / total)
-            results["asr"].append(flipped / clean_correct if clean_correct else float("nan"))
+            counts.append({"total": total, "clean_correct": clean_correct, "adv_correct": adv_correct,
+                           "flipped": flipped})
     finally:
         for module, mode in zip(modules, modes):
             module.training = mode
+    return counts
+
+
+def summarize_counts(counts):
+    """:func:`robust_accuracy`'s dict from per-repeat counts (a list of dicts with :data:`COUNT_KEYS`,
+    e.g. summed over processes): the fractions of each repeat, their mean and sample std."""
+    if not counts:
+        raise ValueError("no repeats to summarize")
+    if any(int(c["total"]) == 0 for c in counts):
+        raise ValueError("loader yielded no samples")
+    results = {"clean_accuracy": [], "adversarial_accuracy": [], "asr": []}
+    for c in counts:
+        total, clean_correct = int(c["total"]), int(c["clean_correct"])
+        results["clean_accuracy"].append(clean_correct / total)
+        results["adversarial_accuracy"].append(int(c["adv_correct"]) / total)
+        results["asr"].append(int(c["flipped"]) / clean_correct if clean_correct else float("nan"))
     summary = {}
     for name, values in results.items():
         summary[name] = sum(values) / len(values)
         summary[name + "_std"] = _std(values)
     summary["per_repeat"] = results
-    summary["repeats"] = repeats
-    summary["num_samples"] = num_samples
+    summary["repeats"] = len(counts)
+    summary["num_samples"] = int(counts[-1]["total"])
     return summary
