@@ -38,3 +38,22 @@ def train_tiny_cnn(x, y, seed=0):
     for p in model.parameters():
         p.grad = None
     return model
+
+
+def run_in_mixed_modes(cnn, attacks, x, y):
+    """Run each attack on ``x, y`` with ``cnn`` in train mode but its head in eval mode, checking after
+    each call that the modes are restored and no parameter has a gradient. Returns the outputs and,
+    for every forward pass of the CNN, ``(training, grad enabled)``."""
+    cnn.train()
+    cnn.head.eval()
+    seen, outputs = [], []
+    hook = cnn.register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled())))
+    try:
+        for atk in attacks:
+            outputs.append(atk(x, y))
+            assert cnn.training and not cnn.head.training and cnn.features.training
+            assert all(p.grad is None for p in cnn.parameters())
+    finally:
+        hook.remove()
+        cnn.eval()
+    return outputs, seen

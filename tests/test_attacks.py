@@ -6,7 +6,7 @@ from torch import nn
 
 import stochnet
 from stochnet.attacks import BIM, EOTPGD, FGSM, MIM, PGD
-from mnist_models import TinyCNN
+from mnist_models import TinyCNN, run_in_mixed_modes
 
 
 def _view(v, x):
@@ -143,19 +143,9 @@ def test_restarts_never_weaker_than_one_run(cnn, mnist):
 
 def test_mode_restored_and_no_parameter_grads(cnn, mnist):
     x, y = mnist[1][0][:16], mnist[1][1][:16]
-    cnn.train()
-    cnn.head.eval()
-    seen = []
-    hook = cnn.register_forward_hook(lambda m, i, o: seen.append(m.training))
-    try:
-        for atk in (FGSM(cnn), PGD(cnn, steps=2), MIM(cnn, steps=2), EOTPGD(cnn, steps=2, eot_samples=2)):
-            atk(x, y)
-            assert cnn.training and not cnn.head.training and cnn.features.training
-            assert all(p.grad is None for p in cnn.parameters())
-    finally:
-        hook.remove()
-        cnn.eval()
-    assert seen and not any(seen)
+    attacks = (FGSM(cnn), PGD(cnn, steps=2), MIM(cnn, steps=2), EOTPGD(cnn, steps=2, eot_samples=2))
+    _, seen = run_in_mixed_modes(cnn, attacks, x, y)
+    assert seen and not any(training for training, _ in seen)
 
 
 def test_targeted_reaches_target_more_often_than_chance(cnn, mnist):

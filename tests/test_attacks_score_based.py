@@ -8,6 +8,7 @@ from torch import nn
 import stochnet
 from stochnet.attacks import NAttack, Square
 from stochnet.copies import probe
+from mnist_models import run_in_mixed_modes
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -172,19 +173,9 @@ def test_reproducible_under_manual_seed_and_seed(cnn, mnist):
 
 def test_mode_restored_and_no_parameter_grads(cnn, mnist):
     x, y = mnist[1][0][:8], mnist[1][1][:8]
-    cnn.train()
-    cnn.head.eval()
-    seen = []
-    hook = cnn.register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled())))
-    try:
-        for atk in (Square(cnn, eps=0.1, queries=5), Square(cnn, eps=1.0, norm="l2", queries=5),
-                    NAttack(cnn, eps=0.1, population=4, max_iterations=2)):
-            atk(x, y)
-            assert cnn.training and not cnn.head.training and cnn.features.training
-            assert all(p.grad is None for p in cnn.parameters())
-    finally:
-        hook.remove()
-        cnn.eval()
+    attacks = (Square(cnn, eps=0.1, queries=5), Square(cnn, eps=1.0, norm="l2", queries=5),
+               NAttack(cnn, eps=0.1, population=4, max_iterations=2))
+    _, seen = run_in_mixed_modes(cnn, attacks, x, y)
     assert seen and not any(training or grad for training, grad in seen)
 
 

@@ -50,7 +50,7 @@ def _engine(model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         engine = CopyEngine(model)
-        engine.rows_per_pass(torch.zeros(1, *INPUT[_kind(model)]))
+        engine.is_stochastic(torch.zeros(1, *INPUT[_kind(model)]))
     return engine
 
 
@@ -144,7 +144,7 @@ def test_undeclared_per_pass_noise_is_found_and_warned_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         engine.logits(torch.rand(4, 8), 2)
-    assert engine.copies_per_group(torch.rand(1, 8)) == 1
+    assert engine.copies_per_group == 1
 
 
 def test_declared_models_probe_clean():

@@ -11,7 +11,7 @@ from .. import functional as F
 from ..copies import per_copy_mean, repeat_rows
 from ..ops import pgd as pgd_ops
 from ..ops.philox import draw_seed
-from .base import Attack, check_budget, check_count, check_norm
+from .base import Attack, check_budget, check_count, check_norm, check_seed
 from .losses import dlr_loss, targeted_dlr_loss
 
 LOSSES = ("ce", "dlr")
@@ -95,9 +95,7 @@ class APGD(Attack):
         if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not 0 < rho <= 1:
             raise ValueError(f"rho must be a number in (0, 1], got {rho!r}")
         self.rho = float(rho)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
-            raise ValueError(f"seed must be an int >= 0 or None, got {seed!r}")
-        self.seed = seed
+        self.seed = check_seed(seed)
 
     def set_targeted(self, target_labels=None):
         """APGD-T: it picks its targets itself, from the clean logits."""
@@ -107,7 +105,6 @@ class APGD(Attack):
         return super().set_targeted()
 
     def perturb(self, x, y):
-        self._check_images(x)
         with torch.no_grad():
             clean = self._clean_logits(x, y)
         result = SimpleNamespace(x=x.clone(), loss=torch.full_like(y, -math.inf, dtype=x.dtype),
@@ -121,23 +118,13 @@ class APGD(Attack):
                 self._run(x[ids], labels[ids], ids, result, generator)
         return result.x
 
-    def _check_images(self, x):
-        """Once per call: NaN passes the base's [0, 1] check, and ``clip`` may be narrower."""
-        if not torch.isfinite(x).all():
-            raise ValueError("x must be finite, got NaN or inf values")
-        low, high = torch.aminmax(x)
-        if low.item() < self.clip[0] or high.item() > self.clip[1]:
-            raise ValueError(f"x must lie in clip={self.clip}, got values in [{low.item():.4g}, {high.item():.4g}]")
-
     def _clean_logits(self, x, y):
         """(B, c, K) clean logits, c copies of a stochastic model (one of a deterministic one); the
         engine checks that the model returns (rows, K), and the arguments that depend on K are checked here."""
         copies = self.eot_samples if self.engine.is_stochastic(x) else 1
         logits = self.engine.logits(repeat_rows(x, copies), copies)
+        self.check_classes(logits, y.repeat_interleave(copies))
         classes = logits.shape[1]
-        if y.min().item() < 0 or y.max().item() >= classes:
-            raise ValueError(f"y must hold labels in [0, {classes}) for a model of {classes} classes, "
-                             f"got values in [{y.min().item()}, {y.max().item()}]")
         if self.targeted and self.n_target_classes > classes - 1:
             raise ValueError(f"n_target_classes must be in [1, {classes - 1}] for a model of {classes} classes, "
                              f"got {self.n_target_classes}")

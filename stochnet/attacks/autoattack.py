@@ -1,12 +1,11 @@
 """AutoAttack (Croce & Hein 2020): a fixed suite of parameter-free attacks, worst case per sample."""
-import numbers
 import warnings
 
 import torch
 
 from ..copies import repeat_rows
 from .apgd import APGD
-from .base import Attack, check_budget, check_count, check_norm
+from .base import Attack, check_budget, check_count, check_norm, check_seed
 from .square import Square
 
 VERSIONS = ("standard", "rand")
@@ -41,10 +40,8 @@ class AutoAttack(Attack):
         self.norm = check_norm(norm)
         if version not in VERSIONS:
             raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         self.version = version
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.steps = check_count(steps, "steps")
         self.queries = check_count(queries, "queries")
         self.eot_samples = check_count(eot_samples, "eot_samples")

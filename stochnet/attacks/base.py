@@ -36,6 +36,22 @@ def check_count(value, name):
     return int(value)
 
 
+def check_positive(value, name):
+    """A finite number > 0 (a float option: eps of a one-budget attack, a learning rate, ...)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_seed(seed):
+    """None (torch's default generator) or an int >= 0."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return seed
+
+
 def check_norm(norm):
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -135,7 +151,7 @@ class Attack(abc.ABC):
             labels = labels.to(y.device)
         for name, values in (("y", y), ("target_labels", labels)):
             if bool((values < 0).any()):
-                raise ValueError(f"{name} must be class indices >= 0, got {values.min().item()} (cross-entropy's "
+                raise ValueError(f"{name} must hold class labels >= 0, got {values.min().item()} (cross-entropy's "
                                  "ignore index -100 would leave such samples unattacked)")
         self._label_max = torch.maximum(y.max(), labels.max())
         return x.detach().contiguous(), labels
@@ -151,7 +167,7 @@ class Attack(abc.ABC):
         top = self._label_max.item()
         if top >= logits.shape[1]:
             raise ValueError(f"labels must lie in [0, {logits.shape[1]}) for a model of {logits.shape[1]} classes, "
-                             f"got {top}")
+                             f"got {top} in y{' or target_labels' if self.targeted else ''}")
         self._label_max = None
 
     def _per_sample(self, value, x):

@@ -1,42 +1,18 @@
 """Square attack (Andriushchenko et al., ECCV 2020): score-based random search, no gradients.
 
-Also the pieces the score-based attacks share: argument checks, the margin, and the query
-counter that sends every model query through the copy engine.
+Also the pieces the score-based attacks share: the margin, and the query counter that sends
+every model query through the attack's copy engine.
 """
 import math
-import numbers
 
 import torch
 import torch.nn.functional as nnf
 
-from ..copies import CopyEngine
-from .base import Attack, check_count, check_norm
+from .base import Attack, check_count, check_norm, check_positive, check_seed
 
 LOSSES = ("margin", "ce")
 # Iterations (of a 10000-query budget) after which Square's square size p halves.
 P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
-
-
-def check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_seed(seed):
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    return seed
-
-
-def check_images(x, clip):
-    """The base class checks [0, 1]; a score-based search also needs finite inputs inside ``clip``
-    (NaN passes the base's min / max comparison)."""
-    if not torch.isfinite(x).all():
-        raise ValueError("x must be finite, got NaN or inf values")
-    lo, hi = clip
-    if x.min().item() < lo or x.max().item() > hi:
-        raise ValueError(f"x must lie in clip={clip}, got values in [{x.min().item():.4g}, {x.max().item():.4g}]")
 
 
 def generator(seed, device):
@@ -52,26 +28,23 @@ def margin(logits, labels, targeted):
 
 
 class Queries:
-    """The model's logits through the copy engine, each row counted as one query of its sample.
+    """The model's logits through ``attack``'s copy engine, each row counted as one query of its sample.
 
     ``count`` is the (B,) int64 tensor of queries per sample. The first call must be the clean
-    batch: it also checks the labels against the number of classes the model returns.
+    batch: the attack checks its logits' shape and the labels against the number of classes.
     """
 
-    def __init__(self, model, labels):
-        self.engine = CopyEngine(model)
+    def __init__(self, attack, labels):
+        self.attack = attack
         self.labels = labels
         self.count = torch.zeros(labels.shape[0], dtype=torch.long, device=labels.device)
 
     def __call__(self, rows, idx, copies=1):
         """Logits of ``rows`` (sample-major, ``copies`` rows for each sample of ``idx``)."""
-        logits = self.engine.logits(rows, copies)
+        logits = self.attack.engine.logits(rows, copies)
         self.count[idx] += copies
         if self.labels is not None:
-            k = logits.shape[1]
-            if self.labels.min().item() < 0 or self.labels.max().item() >= k:
-                raise ValueError(f"labels must lie in [0, {k}) for a model of {k} classes, got values in "
-                                 f"[{self.labels.min().item()}, {self.labels.max().item()}]")
+            self.attack.check_classes(logits, self.labels)
             self.labels = None
         return logits
 
@@ -161,12 +134,11 @@ class Square(Attack):
         self.queries = None
 
     def perturb(self, x, labels):
-        check_images(x, self.clip)
         if x.dim() != 4:
             raise ValueError(f"x must be a batch of images (B, C, H, W) for Square, got shape {tuple(x.shape)}")
         with torch.no_grad():
             gen = generator(self.seed, x.device)
-            query = Queries(self.model, labels)
+            query = Queries(self, labels)
             fooled = margin(query(x, torch.arange(x.shape[0], device=x.device)), labels, self.targeted) < 0
             x_adv = x.clone()
             best = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)

@@ -6,8 +6,10 @@ one batch independent by itself; per-pass noise (PNI weights) is drawn per copy 
 modules (see :mod:`stochnet.copies.coupling`), in groups of copies small enough for the extra
 weights to fit :data:`NOISE_BUDGET_BYTES`; noise the probe finds but no module declares makes every
 copy its own pass, with a warning. The engine also picks the rows of a pass: on CPU the largest
-activation of a pass stays under :data:`CPU_ACTIVATION_BYTES` (larger fresh allocations are new
-mappings that page-fault on every pass), on GPU a pass takes what half the free memory holds.
+activation of a pass stays under :data:`CPU_ACTIVATION_BYTES` and all its outputs under
+:data:`CPU_PASS_BYTES` (larger fresh allocations, or more freed memory than the C library keeps, are
+new pages that page-fault on every pass); on GPU a pass takes what half the free memory holds, as
+measured once, when the engine probes the model.
 """
 import warnings
 
@@ -17,6 +19,7 @@ from .coupling import copies_per_pass
 from .probe import probe
 
 CPU_ACTIVATION_BYTES = 24 << 20
+CPU_PASS_BYTES = 48 << 20
 NOISE_BUDGET_BYTES = 256 << 20
 
 
@@ -44,9 +47,10 @@ class CopyEngine:
             raise ValueError(f"max_rows must be an integer >= 1 or None, got {max_rows!r}")
         self.model = model
         self.max_rows = max_rows
-        self.probed = None
+        self.probed = None  # the probe's result; rows_per_pass and copies_per_group are set with it
 
     def _probe(self, rows):
+        """Probe the model on ``rows[:1]`` once, and size the passes from what the probe measured."""
         if self.probed is None:
             self.probed = probe(self.model, rows[:1])
             if self.probed.undeclared_per_pass:
@@ -54,50 +58,51 @@ class CopyEngine:
                               f"stochnet.copies.coupling) in {', '.join(self.probed.undeclared_per_pass)}: copies of "
                               "an input in one batch would share it, so every copy runs in a pass of its own",
                               RuntimeWarning, stacklevel=3)
+            self.rows_per_pass = self.max_rows or self._rows_per_pass(rows)
+            self.copies_per_group = self._copies_per_group()
         return self.probed
+
+    def _rows_per_pass(self, rows):
+        """The most rows one pass may hold. On CPU both the largest activation of a pass and all it
+        allocates stay small: a pass that frees more than the C library keeps (its trim threshold) gets
+        fresh pages, which page-fault, on every pass."""
+        result = self.probed
+        if rows.is_cuda:
+            free, _ = torch.cuda.mem_get_info(rows.device)
+            return max(1, free // 2 // max(1, 2 * result.saved_bytes_per_row))
+        return max(1, min(CPU_ACTIVATION_BYTES // max(1, result.activation_bytes_per_row),
+                          CPU_PASS_BYTES // max(1, result.saved_bytes_per_row)))
+
+    def _copies_per_group(self):
+        """How many copies of a sample one pass may hold (None: no limit)."""
+        if self.probed.undeclared_per_pass:
+            return 1
+        per_copy = sum(m.noise_bytes_per_copy() for m in self.probed.per_pass_modules)
+        return max(1, NOISE_BUDGET_BYTES // per_copy) if per_copy else None
 
     def is_stochastic(self, rows):
         """Whether the model's outputs vary from pass to pass (probed on ``rows[:1]`` the first time)."""
         return self._probe(rows).stochastic
-
-    def rows_per_pass(self, rows):
-        """The most rows one pass may hold (from the probe of ``rows[:1]``)."""
-        result = self._probe(rows)
-        if self.max_rows is not None:
-            return self.max_rows
-        if rows.is_cuda:
-            free, _ = torch.cuda.mem_get_info(rows.device)
-            return max(1, free // 2 // max(1, 2 * result.saved_bytes_per_row))
-        return max(1, CPU_ACTIVATION_BYTES // max(1, result.activation_bytes_per_row))
-
-    def copies_per_group(self, rows):
-        """How many copies of a sample one pass may hold."""
-        result = self._probe(rows)
-        if result.undeclared_per_pass:
-            return 1
-        per_copy = sum(m.noise_bytes_per_copy() for m in result.per_pass_modules)
-        return max(1, NOISE_BUDGET_BYTES // per_copy) if per_copy else None
 
     def logits(self, rows, copies):
         """The model's outputs (R, K) on ``rows`` (R = s * copies, sample-major); differentiable when
         grad is enabled. Each copy of a sample draws the model's noise independently."""
         if rows.shape[0] % copies:
             raise ValueError(f"rows must hold whole samples of {copies} copies each, got {rows.shape[0]} rows")
+        self._probe(rows)
         samples = rows.shape[0] // copies
-        group = self.copies_per_group(rows) or copies
-        group = min(group, copies, self.rows_per_pass(rows))
-        per_pass = max(1, self.rows_per_pass(rows) // group)
+        group = min(self.copies_per_group or copies, copies, self.rows_per_pass)
+        per_pass = max(1, self.rows_per_pass // group)
         if group == copies and per_pass >= samples:
             return self._pass(rows, copies)
         grid = rows.view(samples, copies, *rows.shape[1:])
-        outputs = []
+        chunks = []
         for first in range(0, samples, per_pass):
             chunk = grid[first:first + per_pass]
-            parts = [self._pass(chunk[:, j:j + group].reshape(-1, *rows.shape[1:]), min(group, copies - j))
-                     .view(chunk.shape[0], -1, *self._out_shape) for j in range(0, copies, group)]
-            outputs.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
-        out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-        return out.reshape(rows.shape[0], *self._out_shape)
+            parts = [self._pass(chunk[:, j:j + group].flatten(0, 1), min(group, copies - j)) for j in range(0, copies, group)]
+            chunks.append(torch.cat([part.view(chunk.shape[0], -1, *part.shape[1:]) for part in parts], 1))
+        out = torch.cat(chunks)
+        return out.view(rows.shape[0], *out.shape[2:])
 
     def _pass(self, rows, copies):
         with copies_per_pass(copies):
@@ -105,7 +110,6 @@ class CopyEngine:
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != rows.shape[0]:
             raise ValueError(f"model must return (rows, classes) logits; for {rows.shape[0]} rows it returned "
                              f"{tuple(getattr(out, 'shape', ())) or type(out).__name__}")
-        self._out_shape = out.shape[1:]
         return out
 
     def input_grad(self, x, labels, copies, loss_fn, make_rows=None):
@@ -121,7 +125,7 @@ class CopyEngine:
         self._probe(x)
         c = 1 if make_rows is None and not self.probed.stochastic else copies
         make_rows = make_rows or repeat_rows
-        per_chunk = max(1, self.rows_per_pass(x) // c)
+        per_chunk = max(1, self.rows_per_pass // c)
         grads, losses, logits = [], [], []
         for first in range(0, x.shape[0], per_chunk):
             xs = x[first:first + per_chunk].detach().requires_grad_(True)

@@ -37,24 +37,23 @@ class NoisePlan:
             raise ValueError(f"n = {n} noisy copies of {batch} samples of {per_sample} elements need "
                              f"{self.counters_per_sample * batch} Philox counters, more than the {MAX_COUNTERS} "
                              f"one pass may use: lower n or the batch")
-        if n <= batch_size:
-            self.samples_per_chunk = batch_size // n
+        # whole samples per chunk when n copies fit in batch_size, else copies of one sample per chunk
+        self.whole_samples = n <= batch_size
+        if self.whole_samples:
+            self.step = batch_size // n
         else:
             alignment = WORDS_PER_COUNTER // math.gcd(per_sample, WORDS_PER_COUNTER)
-            self.copies_per_chunk = max(alignment, batch_size - batch_size % alignment)
-        self.whole_samples = n <= batch_size
+            self.step = max(alignment, batch_size - batch_size % alignment)
 
     @property
     def chunks(self):
         if self.whole_samples:
-            step = self.samples_per_chunk
-            for first in range(0, self.batch, step):
-                yield first, min(step, self.batch - first), 0, self.n
+            for first in range(0, self.batch, self.step):
+                yield first, min(self.step, self.batch - first), 0, self.n
             return
-        step = self.copies_per_chunk
         for sample in range(self.batch):
-            for first_copy in range(0, self.n, step):
-                yield sample, 1, first_copy, min(step, self.n - first_copy)
+            for first_copy in range(0, self.n, self.step):
+                yield sample, 1, first_copy, min(self.step, self.n - first_copy)
 
     def counter(self, sample, first_copy):
         """The Philox counter (relative to the pass's offset) where a chunk's noise starts."""
@@ -62,8 +61,8 @@ class NoisePlan:
 
     def __len__(self):
         if self.whole_samples:
-            return -(-self.batch // self.samples_per_chunk)
-        return self.batch * -(-self.n // self.copies_per_chunk)
+            return -(-self.batch // self.step)
+        return self.batch * -(-self.n // self.step)
 
 
 def noisy_chunk(x, plan, chunk, sigma, philox, backend):

@@ -94,8 +94,8 @@ class Smooth(nn.Module):
     def extra_repr(self):
         return f"sigma={self.sigma}, num_samples={self.num_samples}, mode={self.mode!r}, batch_size={self.batch_size}"
 
-    def _totals(self, x, n, mode, progress=None):
-        return vote_totals(CopyEngine(self.model), x, n, self.sigma, mode, self.batch_size, self.backend,
+    def _totals(self, x, n, mode, progress=None, engine=None):
+        return vote_totals(engine or CopyEngine(self.model), x, n, self.sigma, mode, self.batch_size, self.backend,
                            on_chunk=progress.step if progress is not None else None)
 
     def _chunks(self, x, n):
@@ -138,8 +138,9 @@ class Smooth(nn.Module):
         progress = _Progress(self._chunks(x, n0) + self._chunks(x, n), "certify")
         try:
             with _eval_mode(self.model), torch.no_grad():
-                selected = self._totals(x, n0, "prediction", progress).argmax(1)
-                n_a = self._totals(x, n, "prediction", progress).gather(1, selected[:, None]).squeeze(1)
+                engine = CopyEngine(self.model)  # one probe for both passes
+                selected = self._totals(x, n0, "prediction", progress, engine).argmax(1)
+                n_a = self._totals(x, n, "prediction", progress, engine).gather(1, selected[:, None]).squeeze(1)
         finally:
             progress.close()
         p_lower = clopper_pearson_lower(n_a, n, alpha)
