@@ -224,6 +224,14 @@ def _timings(recorders, device, x, repeats, first_s):
             "results": rows}
 
 
+def _peak(fn, device):
+    """Peak memory above the starting level during one call of ``fn`` (see ``harness.peak_bytes``; measured on this
+    call itself, which the caller has already made warm, so no extra call)."""
+    if device.type == "cuda":
+        return harness.peak_memory_bytes(fn, device)
+    return harness.peak_resident_bytes(fn)
+
+
 def _std(values):
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -242,10 +250,13 @@ def _bench_case(case, model, stochastic, x, y, eps, device, repeats, warmup, bud
             recorders[name] = _Recorder(factory(ta, model, eps, case), x, y)
     # The first call of each contender, from the same seed: the suite's one timed run; for the other cases a
     # warm-up that sizes the repeats, and for calls of seconds (where warming up changes nothing) the first sample.
-    first_s = {}
+    first_s, peak = {}, {}
     for name, recorder in recorders.items():
         torch.manual_seed(ATTACK_SEED)
-        first_s[name] = _timed_once(recorder, device)
+        if case.single_run:  # the one timed run is also the one whose peak memory is measured
+            peak[name] = _peak(lambda: first_s.__setitem__(name, _timed_once(recorder, device)), device)
+        else:
+            first_s[name] = _timed_once(recorder, device)
     per_round = sum(first_s.values())
     samples = max(1, min(repeats, max(MIN_REPEATS, math.floor(budget_s / per_round))))
     if case.single_run:
@@ -268,6 +279,7 @@ def _bench_case(case, model, stochastic, x, y, eps, device, repeats, warmup, bud
         row["robust_acc_runs"] = len(runs)
         row["fooled_per_s"] = (clean_acc - row["robust_acc"]) * x.shape[0] / row["median_s"]
         row["first_call_s"] = first_s[row["name"]]
+        row["peak_bytes"] = peak[row["name"]] if case.single_run else _peak(recorder, device)
         if case.suite and row["name"] == "stochnet":
             row["fooled_by"] = dict(getattr(recorder.attack, "fooled_by", {}))
     rows = {row["name"]: row for row in result["results"]}
@@ -317,6 +329,7 @@ _SUMMARY_COLUMNS = (
     ("robust acc", "robust_acc", lambda v: f"{100 * v:.1f}%"),
     ("+-", "robust_acc_std", lambda v: f"{100 * v:.1f}"),
     ("fooled/s", "fooled_per_s", lambda v: f"{v:.1f}"),
+    ("peak MB", "peak_bytes", lambda v: f"{v / 2**20:.0f}"),
     ("this/ours time", "this_over_ours_time", lambda v: f"{v:.2f}x"),
     ("ours-this rob", "ours_minus_this_robust_acc", lambda v: f"{100 * v:+.1f} pt"),
     ("target", "target_met", lambda v: "met" if v else "MISSED"),
@@ -351,14 +364,18 @@ def notes(device, eps, sizes, models, cases):
         "12's, against the row named torchattacks (at least as fast; the suite: robust acc at most 1 sample higher "
         "in at most half the time)",
         f"eps {eps:g} L-inf; PGD / EOT-PGD alpha 2.5 eps / steps, random start; APGD: step 2 eps, momentum 0.75, "
-        "halving at checkpoints (both libraries); stochnet's APGD and AutoAttack drop fooled samples at its "
-        "checkpoints, torchattacks' keep attacking them: same budget per robust sample",
+        "halving at checkpoints (both libraries); stochnet's APGD and AutoAttack drop a sample once every copy of "
+        "a step is fooled (on CPU at once, on GPU every 10 steps and at the checkpoints), torchattacks' keep "
+        "attacking it: same budget per robust sample",
         "autoattack-rand: stochnet AutoAttack(version='rand') runs APGD-CE then APGD-DLR (each EOT "
         f"{sizes.suite_samples}, {sizes.suite_steps} steps) on the samples still robust, judged on 5 fresh draws; "
         f"the target's counterpart is torchattacks' APGD-CE of the same budget alone; '{THEIRS_SUITE}' is "
         f"torchattacks.AutoAttack(version='rand') (APGD-CE then APGD-DLR, EOT {sizes.suite_samples}, the samples "
         f"still correct on one noisy pass), its APGDs' steps raised from torchattacks' default 10 to "
         f"{sizes.suite_steps}: the same suite",
+        "peak MB: memory above the starting level during one call of the attack (after the timed calls; for "
+        "autoattack-rand, its timed run): " + ("CUDA max_memory_allocated" if device.type == "cuda" else
+                                              "resident high-water mark (VmHWM), the fused ops' output pool emptied first"),
         "models: " + ", ".join(f"{key} {value:.1f}" if key.endswith("_s") else f"{key} {value:g}"
                                if isinstance(value, float) else f"{key} {value}" for key, value in models.items()),
         harness.SCALE_ONLY_NOTE,

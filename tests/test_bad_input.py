@@ -193,6 +193,28 @@ def test_negative_seeds_and_offsets_are_rejected(backend, call, philox):
         call(torch.zeros(2, 3, 4, device=DEVICE), backend, torch.tensor(philox))
 
 
+NOISY_CALLS = {
+    "perturb": lambda x, backend, philox: F.perturb(x, torch.ones(3, device=DEVICE), backend=backend, philox=philox),
+    "noisy_repeat": lambda x, backend, philox: F.noisy_repeat(x, 2, 1.0, backend=backend, philox=philox),
+    "stoc_relu_ema": lambda x, backend, philox: F.stoc_relu_ema(x, torch.ones(3, device=DEVICE), 0.5,
+                                                                backend=backend, philox=philox),
+    "random_start": lambda x, backend, philox: F.random_start(x, 0.1, backend=backend, philox=philox),
+}
+
+
+@pytest.mark.parametrize("call", NOISY_CALLS.values(), ids=NOISY_CALLS.keys())
+def test_the_largest_seeds_and_offsets_give_one_stream_on_every_backend(call):
+    # Philox counters are offset + i // 4 in 64 unsigned bits: from the largest offset (2**63 - 1) the counters
+    # of a call cross 2**63 and stay below 2**64, so no stream wraps; every backend must read them alike
+    # (a signed overflow in one of them would give other noise).
+    x = _x(2, 3, 40)
+    philox = torch.tensor([2**63 - 1, 2**63 - 1])
+    reference = call(x, "torch", philox)
+    for backend in KERNEL_BACKENDS:
+        torch.testing.assert_close(call(x, backend, philox), reference, rtol=0, atol=1e-5)
+    assert not torch.equal(reference, call(x, "torch", torch.tensor([2**63 - 1, 0])))
+
+
 def test_kernel_ops_reject_negative_seeds_and_offsets():
     x, theta = torch.zeros(2, 3, 4), torch.zeros(3)
     for seed, offset in ((-1, 0), (0, -1)):

@@ -11,7 +11,7 @@ from .. import functional as F
 from ..copies import per_copy_mean, repeat_rows
 from ..ops import pgd as pgd_ops
 from ..ops.philox import draw_seed
-from .base import Attack, check_budget, check_count, check_norm, check_seed
+from .base import Attack, check_budget, check_count, check_norm, check_seed, steps_between_drops
 from .losses import dlr_loss, targeted_dlr_loss
 
 LOSSES = ("ce", "dlr")
@@ -67,8 +67,9 @@ class APGD(Attack):
     when every copy of one step is misclassified; samples the clean input already fools on every copy
     are not attacked. The output is the first fooled point of a sample, else its highest-loss point
     over all runs; ``restarts`` more runs from new random starts (and the next targets) only run on the
-    samples not fooled yet. Fooled samples leave the batch at the next checkpoint, so later steps cost
-    less; the step loop never waits on the device but for that one count per checkpoint.
+    samples not fooled yet. Fooled samples leave the batch, so later steps cost less: on CPU at once, on
+    GPU at the checkpoints and every :data:`~stochnet.attacks.base.DROP_EVERY` steps, the only times
+    the step loop waits on the device.
 
     ``seed`` (an int) draws the random starts from a generator of its own, the same on every call;
     None draws them from torch's default generator, which the model's noise always uses.
@@ -176,11 +177,13 @@ class APGD(Attack):
         st.best_at_check = st.best_loss
         marks = [mark for mark in checkpoints(self.steps)[1:] if mark < self.steps]
         last = 0
+        every = steps_between_drops(x0)
         for k in range(1, self.steps + 1):
             self._step(st, momentum=k > 1)
             if k in marks:
                 self._checkpoint(st, k - last)
                 last = k
+            if k in marks or k % every == 0:
                 self._store(result, st)
                 keep = (~st.done).nonzero().squeeze(1)
                 if keep.numel() == 0:

@@ -28,6 +28,14 @@ def per_copy_mean(row_losses, copies):
     return row_losses.view(-1, copies).mean(1)
 
 
+def even_chunks(total, most):
+    """``(first, end)`` bounds that split ``total`` items into the fewest chunks of at most ``most``,
+    their sizes differing by one at most: no small tail pass, which costs more per row."""
+    count = max(1, -(-total // max(1, most)))
+    bounds = [total * i // count for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def repeat_rows(x, copies):
     """(s, ...) -> (s * c, ...): c exact copies of each sample, copies of a sample adjacent."""
     return x.unsqueeze(1).expand(x.shape[0], copies, *x.shape[1:]).reshape(-1, *x.shape[1:])
@@ -92,13 +100,13 @@ class CopyEngine:
         self._probe(rows)
         samples = rows.shape[0] // copies
         group = min(self.copies_per_group or copies, copies, self.rows_per_pass)
-        per_pass = max(1, self.rows_per_pass // group)
-        if group == copies and per_pass >= samples:
+        bounds = even_chunks(samples, self.rows_per_pass // group)
+        if group == copies and len(bounds) == 1:
             return self._pass(rows, copies)
         grid = rows.view(samples, copies, *rows.shape[1:])
         chunks = []
-        for first in range(0, samples, per_pass):
-            chunk = grid[first:first + per_pass]
+        for first, end in bounds:
+            chunk = grid[first:end]
             parts = [self._pass(chunk[:, j:j + group].flatten(0, 1), min(group, copies - j)) for j in range(0, copies, group)]
             chunks.append(torch.cat([part.view(chunk.shape[0], -1, *part.shape[1:]) for part in parts], 1))
         out = torch.cat(chunks)
@@ -125,12 +133,11 @@ class CopyEngine:
         self._probe(x)
         c = 1 if make_rows is None and not self.probed.stochastic else copies
         make_rows = make_rows or repeat_rows
-        per_chunk = max(1, self.rows_per_pass // c)
         grads, losses, logits = [], [], []
-        for first in range(0, x.shape[0], per_chunk):
-            xs = x[first:first + per_chunk].detach().requires_grad_(True)
+        for first, end in even_chunks(x.shape[0], self.rows_per_pass // c):
+            xs = x[first:end].detach().requires_grad_(True)
             out = self.logits(make_rows(xs, c), c)
-            loss = loss_fn(out, labels[first:first + per_chunk], c)
+            loss = loss_fn(out, labels[first:end], c)
             (grad,) = torch.autograd.grad(loss.sum(), xs)
             grads.append(grad)
             losses.append(loss.detach())
