@@ -16,10 +16,10 @@ export MAX_JOBS ?= 2
 RUNS := runs
 run: setup
 	$(PY) -m stochnet train --method standard --model mnist_cnn --data mnist --epochs 5 --batch-size 64 \
-		--out $(RUNS)/teacher
+		--out $(RUNS)/teacher --overwrite
 	$(PY) -m stochnet train --method anis2 --model mnist_cnn --data mnist --epochs 5 --batch-size 64 \
 		--teacher $(RUNS)/teacher/checkpoint.pt --eps 0.3 --step-size 0.1 --steps 7 --clean-weight 0.5 \
-		--out $(RUNS)/anis2
+		--out $(RUNS)/anis2 --overwrite
 	$(PY) -m stochnet eval --checkpoint $(RUNS)/teacher/checkpoint.pt --checkpoint $(RUNS)/anis2/checkpoint.pt \
 		--attacks fgsm,pgd,eot-pgd --limit 500 --repeats 3 --out $(RUNS)/eval
 

@@ -1,7 +1,8 @@
 """``python -m bench [--op stoc_relu_ema] [--device cpu|cuda] [--repeats N] [--quick] [--huge-pages] [--json PATH]``
 
 Prints one table per (shape, pass) and writes the report as JSON
-(default ``bench/results/<op>-<device>[-hugepages].json``).
+(default ``bench/results/<op>-<device>[-hugepages].json``). The same cases run under pytest-benchmark
+with ``pytest bench/ --benchmark-only`` (``bench/test_bench.py``).
 """
 import argparse
 import importlib
@@ -11,11 +12,17 @@ from pathlib import Path
 
 import torch
 
+from stochnet.output import write_json
+from stochnet.registry import Registry
+
 from . import harness
 
-OPS = {"stoc_relu_ema": "bench.stoc_relu_ema", "perturb": "bench.perturb", "pgd": "bench.pgd", "attacks": "bench.attacks",
-       "train_step": "bench.train_step", "smoothing": "bench.smoothing"}
+# The benchmarks by op name: the module whose run(device, repeats, warmup, quick) makes the report.
+OPS = Registry("bench op", {name: f"bench.{name}" for name in
+                            ("stoc_relu_ema", "perturb", "pgd", "attacks", "train_step", "smoothing")})
 RESULTS = Path(__file__).resolve().parent / "results"
+# timed samples and untimed warm-up calls per contender: (default, with --quick)
+REPEATS, WARMUP = (20, 3), (3, 1)
 
 
 def parse_args(argv=None):
@@ -24,9 +31,10 @@ def parse_args(argv=None):
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="default: cuda when available, else cpu")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed samples per contender (default 20; 3 with --quick)")
+                        help=f"timed samples per contender (default {REPEATS[0]}; {REPEATS[1]} with --quick)")
     parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed calls per contender before timing (default 3; 1 with --quick)")
+                        help=f"untimed calls per contender before timing "
+                             f"(default {WARMUP[0]}; {WARMUP[1]} with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes and few repeats: a smoke test, not a measurement")
     parser.add_argument("--huge-pages", action="store_true",
@@ -55,12 +63,13 @@ def main(argv=None):
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
-    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 20)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    repeats = args.repeats if args.repeats is not None else REPEATS[args.quick]
+    warmup = args.warmup if args.warmup is not None else WARMUP[args.quick]
     benchmark = importlib.import_module(OPS[args.op])
     report = benchmark.run(device, repeats=repeats, warmup=warmup, quick=args.quick)
     print(harness.format_report(report), flush=True)
-    path = harness.write_json(report, args.json or RESULTS / f"{args.op}-{device.type}{'-hugepages' if args.huge_pages else ''}.json")
+    path = write_json(args.json or RESULTS / f"{args.op}-{device.type}{'-hugepages' if args.huge_pages else ''}.json",
+                      report)
     print(f"wrote {path}")
     return report, path
 

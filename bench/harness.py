@@ -10,15 +10,13 @@ contenders, and achieved bandwidth.
 :func:`write_json` stores it.
 """
 import gc
-import json
 import math
 import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 
@@ -259,28 +257,6 @@ def compare(contenders, device, *, nbytes, copy_numel, copy_dtype, repeats, warm
             "results": rows}
 
 
-class Pass(NamedTuple):
-    """One timed case of an op on one tensor: its title, pass label ('forward', ...), the
-    contenders and the least bytes the fused op moves."""
-
-    title: str
-    label: str
-    contenders: list
-    nbytes: int
-
-
-def tensor_cases(x, passes, device, *, repeats, warmup, min_sample_s, **fields):
-    """One case per :class:`Pass`: its contenders timed next to a copy of ``x``'s size
-    (:func:`compare`); the case records x's shape, ``fields``, dtype, numel and element size."""
-    cases = []
-    for title, label, contenders, nbytes in passes:
-        result = compare(contenders, device, nbytes=nbytes, copy_numel=x.numel(), copy_dtype=x.dtype,
-                         repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
-        cases.append({"title": title, "shape": list(x.shape), **fields, "dtype": dtype_name(x.dtype),
-                      "numel": x.numel(), "element_size": x.element_size(), "pass": label, **result})
-    return cases
-
-
 def per_image(result, images):
     """A :func:`compare` result of whole attacks or training steps, where bytes per second say
     nothing: each row's GB/s and % copy replaced by images/s (``images`` per call)."""
@@ -383,19 +359,17 @@ _COLUMNS = (
 
 
 def format_table(rows, columns=_COLUMNS):
-    """Rows (dicts) as an aligned text table; a column shows only when some row has its key,
-    and a row without the key (or with None) shows '-'."""
+    """Rows (dicts) as an aligned text table (:func:`stochnet.output.format_table`, without a rule);
+    ``columns`` are (header, key, format); a column shows only when some row has its key, and a row
+    without the key (or with None) shows '-'."""
+    from stochnet import output  # imported on use: stochnet loads its extension
+
     shown = [col for col in columns if any(row.get(col[1]) is not None for row in rows)]
-    cells = [[header for header, _, _ in shown]]
-    for row in rows:
-        cells.append([fmt(row[key]) if row.get(key) is not None else "-" for _, key, fmt in shown])
-    widths = [max(len(line[i]) for line in cells) for i in range(len(shown))]
-    lines = []
-    for line in cells:
-        first = line[0].ljust(widths[0])
-        rest = [cell.rjust(width) for cell, width in zip(line[1:], widths[1:])]
-        lines.append("  ".join([first] + rest))
-    return "\n".join(lines)
+    return output.format_table(rows, [(header, _cell(key, fmt)) for header, key, fmt in shown], rule=False)
+
+
+def _cell(key, fmt):
+    return lambda row: fmt(row[key]) if row.get(key) is not None else "-"
 
 
 def format_report(report):
@@ -420,21 +394,3 @@ def format_report(report):
     if report.get("notes"):
         lines += [""] + [f"note: {note}" for note in report["notes"]]
     return "\n".join(lines)
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
-def write_json(report, path):
-    """Write ``report`` to ``path`` (parents created); non-finite floats become null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(report), indent=2) + "\n")
-    return path

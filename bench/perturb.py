@@ -4,12 +4,14 @@ Every contender does the same work per iteration: draw fresh normal noise and co
 ``y = x + theta * z`` with a learnable theta of the feature-map shape (C, H, W);
 forward+backward also computes ``dx`` and ``dtheta`` for a fixed ``dy``.
 """
+import math
 
 import torch
 
 import stochnet
 
 from . import harness
+from .cases import Built, Case, tensor_fields, time_case
 
 OP = "perturb"
 SHAPES = ((128, 64, 32, 32),)
@@ -17,6 +19,8 @@ QUICK_SHAPES = ((4, 8, 6, 6),)
 DTYPE = torch.float32
 THETA = 0.3
 MIN_SAMPLE_S = 2e-3
+DEVICES = ("cpu",)  # where the benchmark runs
+PARAMS = {"theta": THETA}  # the report's settings
 
 
 def eager_perturb(x, theta):
@@ -60,25 +64,33 @@ def _bytes(numel, features, element_size):
     return forward, forward + numel * element_size + 2 * features * element_size
 
 
-def _bench_shape(shape, functions, device, repeats, warmup, min_sample_s):
-    x = torch.randn(shape, device=device, dtype=DTYPE)
-    x_grad = x.clone().requires_grad_()
-    theta = torch.full(shape[1:], THETA, device=device, dtype=DTYPE, requires_grad=True)
-    dy = torch.randn_like(x)  # allocated once: a fresh 33.5 MB buffer page-faults on CPU
-    forward_bytes, backward_bytes = _bytes(x.numel(), theta.numel(), x.element_size())
+def _shape_cases(shape, functions, device):
+    """The forward and forward+backward cases on one shape; theta requires grad in both."""
+    numel, features = math.prod(shape), math.prod(shape[1:])
+    forward_bytes, backward_bytes = _bytes(numel, features, DTYPE.itemsize)
 
-    forward, with_backward = [], []
-    for name, (kind, backend, fn) in functions.items():
-        forward.append(harness.op_contender(name, kind, backend, _iteration(fn, x, theta), device, peak=False))
-        with_backward.append(harness.op_contender(name, kind, backend, _iteration_with_backward(fn, x_grad, theta, dy),
-                                                  device, saved=_iteration(fn, x_grad, theta)))
-    _check_same_work(functions, x_grad, theta)
+    def theta():
+        return torch.full(shape[1:], THETA, device=device, dtype=DTYPE, requires_grad=True)
+
+    def build_forward():
+        x, t = torch.randn(shape, device=device, dtype=DTYPE), theta()
+        contenders = [harness.op_contender(name, kind, backend, _iteration(fn, x, t), device, peak=False)
+                      for name, (kind, backend, fn) in functions.items()]
+        return Built(contenders, forward_bytes, numel, DTYPE)
+
+    def build_with_backward():
+        x_grad, t = torch.randn(shape, device=device, dtype=DTYPE, requires_grad=True), theta()
+        dy = torch.randn_like(x_grad)  # allocated once: a fresh 33.5 MB buffer page-faults on CPU
+        contenders = [harness.op_contender(name, kind, backend, _iteration_with_backward(fn, x_grad, t, dy), device,
+                                           saved=_iteration(fn, x_grad, t))
+                      for name, (kind, backend, fn) in functions.items()]
+        _check_same_work(functions, x_grad, t)
+        return Built(contenders, backward_bytes, numel, DTYPE)
 
     title = f"{OP} {tuple(shape)} {harness.dtype_name(DTYPE)} theta {tuple(shape[1:])}"
-    passes = (harness.Pass(f"{title} forward", "forward", forward, forward_bytes),
-              harness.Pass(f"{title} forward+backward", "forward+backward", with_backward, backward_bytes))
-    return harness.tensor_cases(x, passes, device, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s,
-                                theta_shape=list(shape[1:]))
+    return [Case(f"{title} {label}", tensor_fields(shape, DTYPE, label, theta_shape=list(shape[1:])),
+                 tuple(functions), build)
+            for label, build in (("forward", build_forward), ("forward+backward", build_with_backward))]
 
 
 def notes(device):
@@ -93,13 +105,17 @@ def notes(device):
     return lines
 
 
+def cases(device, quick=False):
+    """Every case on ``device``, unbuilt (:class:`bench.cases.Case`)."""
+    functions = harness.op_functions({"cpp": fused_perturb}, eager_perturb)
+    return [case for shape in (QUICK_SHAPES if quick else SHAPES) for case in _shape_cases(shape, functions, device)]
+
+
 def run(device, repeats, warmup, quick=False, min_sample_s=MIN_SAMPLE_S):
     """Benchmark every contender on every shape; the report :func:`harness.format_report` prints."""
-    if device.type != "cpu":
+    if device.type not in DEVICES:
         raise ValueError(f"the fused {OP} op has only a C++ CPU kernel so far, got device {device}")
     environment = harness.environment(device)
-    functions = harness.op_functions({"cpp": fused_perturb}, eager_perturb)
-    cases = []
-    for shape in QUICK_SHAPES if quick else SHAPES:
-        cases += _bench_shape(shape, functions, device, repeats, warmup, min_sample_s)
-    return harness.report(OP, environment, repeats, warmup, quick, cases, notes(device), theta=THETA)
+    timed = [time_case(case, device, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
+             for case in cases(device, quick)]
+    return harness.report(OP, environment, repeats, warmup, quick, timed, notes(device), **PARAMS)

@@ -12,6 +12,7 @@ import stochnet
 from stochnet.ops.smoothing import VOTE_MODES, WEIGHTED_RANKS
 
 from . import harness
+from .cases import Built, Case, time_case
 
 OP = "smoothing"
 SHAPES = ((128, 3, 32, 32),)
@@ -21,6 +22,8 @@ CLASSES = 10
 SIGMA = 0.25
 DTYPE = torch.float32
 MIN_SAMPLE_S = 2e-3
+DEVICES = ("cpu",)  # where the benchmark runs
+PARAMS = {"sigma": SIGMA}  # the report's settings
 
 
 def eager_noisy_repeat(x, m):
@@ -85,24 +88,32 @@ def _bytes(x, logits, m, votes):
         votes.numel() * votes.element_size()
 
 
-def _bench_shape(shape, m, device, repeats, warmup, min_sample_s):
-    generator = torch.Generator(device=device).manual_seed(0)
-    x = torch.rand(shape, device=device, dtype=DTYPE, generator=generator)
-    logits = 3 * torch.randn(shape[0] * m, CLASSES, device=device, dtype=DTYPE, generator=generator)
+def _shape_cases(shape, m, device):
+    """One case per vote mode on one shape: the copies and the vote of fixed logits."""
     dtype = harness.dtype_name(DTYPE)
-    cases = []
-    for mode in VOTE_MODES:
+
+    def inputs():
+        generator = torch.Generator(device=device).manual_seed(0)
+        x = torch.rand(shape, device=device, dtype=DTYPE, generator=generator)
+        logits = 3 * torch.randn(shape[0] * m, CLASSES, device=device, dtype=DTYPE, generator=generator)
+        return x, logits
+
+    def mode_case(mode):
         functions = harness.op_functions({"cpp": fused_smoothing(mode)}, eager_smoothing(mode))
-        contenders = [harness.op_contender(name, kind, backend, (lambda fn=fn: fn(x, logits, m)), device)
-                      for name, (kind, backend, fn) in functions.items()]
-        _check_same_work(functions, x, logits, m, mode)
-        votes = stochnet.functional.vote(logits, m, mode, backend="torch")
-        result = harness.compare(contenders, device, nbytes=_bytes(x, logits, m, votes), copy_numel=x.numel() * m,
-                                 copy_dtype=DTYPE, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
-        cases.append({"title": f"noisy_repeat {tuple(shape)} x{m} + vote[{mode}] K={CLASSES} {dtype}",
-                      "shape": list(shape), "copies": m, "classes": CLASSES, "mode": mode, "dtype": dtype,
-                      "sigma": SIGMA, **result})
-    return cases
+
+        def build():
+            x, logits = inputs()
+            contenders = [harness.op_contender(name, kind, backend, (lambda fn=fn: fn(x, logits, m)), device)
+                          for name, (kind, backend, fn) in functions.items()]
+            _check_same_work(functions, x, logits, m, mode)
+            votes = stochnet.functional.vote(logits, m, mode, backend="torch")
+            return Built(contenders, _bytes(x, logits, m, votes), x.numel() * m, DTYPE)
+
+        return Case(f"noisy_repeat {tuple(shape)} x{m} + vote[{mode}] K={CLASSES} {dtype}",
+                    {"shape": list(shape), "copies": m, "classes": CLASSES, "mode": mode, "dtype": dtype,
+                     "sigma": SIGMA}, tuple(functions), build)
+
+    return [mode_case(mode) for mode in VOTE_MODES]
 
 
 def notes(device):
@@ -118,13 +129,17 @@ def notes(device):
     return lines + [peak]
 
 
+def cases(device, quick=False):
+    """Every case on ``device``, unbuilt (:class:`bench.cases.Case`)."""
+    m = QUICK_COPIES if quick else COPIES
+    return [case for shape in (QUICK_SHAPES if quick else SHAPES) for case in _shape_cases(shape, m, device)]
+
+
 def run(device, repeats, warmup, quick=False, min_sample_s=MIN_SAMPLE_S):
     """Benchmark every contender for every vote mode; the report :func:`harness.format_report` prints."""
-    if device.type != "cpu":
+    if device.type not in DEVICES:
         raise ValueError(f"the {OP} benchmark times the C++ CPU kernels, got device {device}")
     environment = harness.environment(device)
-    m = QUICK_COPIES if quick else COPIES
-    cases = []
-    for shape in QUICK_SHAPES if quick else SHAPES:
-        cases += _bench_shape(shape, m, device, repeats, warmup, min_sample_s)
-    return harness.report(OP, environment, repeats, warmup, quick, cases, notes(device), sigma=SIGMA)
+    timed = [time_case(case, device, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
+             for case in cases(device, quick)]
+    return harness.report(OP, environment, repeats, warmup, quick, timed, notes(device), **PARAMS)

@@ -12,6 +12,7 @@ import stochnet
 from stochnet.ops.backend import triton_interpreted
 
 from . import harness
+from .cases import Built, Case, skipped_contenders, tensor_fields, time_case
 
 OP = "stoc_relu_ema"
 SHAPES = ((128, 64, 32, 32), (4096, 1024))
@@ -21,6 +22,8 @@ GAMMA = 0.25
 MOMENTUM = 0.5
 FUSED_BACKENDS = {"cpu": ("cpp",), "cuda": ("triton", "cuda")}
 MIN_SAMPLE_S = 2e-3
+DEVICES = ("cpu", "cuda")  # where the benchmark runs
+PARAMS = {"gamma": GAMMA, "momentum": MOMENTUM}  # the report's settings
 
 
 def eager_stoc_relu_ema(x, sigma, gamma, momentum):
@@ -92,24 +95,32 @@ def _bytes(numel, element_size):
     return forward, forward + 2 * numel * element_size + mask
 
 
-def _bench_shape(shape, functions, device, repeats, warmup, min_sample_s):
-    x = torch.randn(shape, device=device, dtype=DTYPE)
-    x_grad = x.clone().requires_grad_()
-    dy = torch.randn_like(x)  # allocated once: a fresh 33.5 MB buffer page-faults on CPU
-    forward_bytes, backward_bytes = _bytes(x.numel(), x.element_size())
+def _shape_cases(shape, functions, skipped, device):
+    """The forward and forward+backward cases on one shape; every contender updates its own sigma."""
+    numel = math.prod(shape)
+    forward_bytes, backward_bytes = _bytes(numel, DTYPE.itemsize)
 
-    forward, with_backward = [], []
-    for name, (kind, backend, fn) in functions.items():
-        sigma = torch.ones(shape[1], device=device)
-        forward.append(harness.op_contender(name, kind, backend, _iteration(fn, x, sigma), device, peak=False))
-        with_backward.append(harness.op_contender(name, kind, backend, _iteration_with_backward(fn, x_grad, sigma, dy),
-                                                  device, saved=_iteration(fn, x_grad, sigma)))
-    _check_same_work(functions, x)
+    def build_forward():
+        x = torch.randn(shape, device=device, dtype=DTYPE)
+        contenders = [harness.op_contender(name, kind, backend, _iteration(fn, x, torch.ones(shape[1], device=device)),
+                                           device, peak=False)
+                      for name, (kind, backend, fn) in functions.items()]
+        _check_same_work(functions, x)
+        return Built(contenders, forward_bytes, numel, DTYPE)
+
+    def build_with_backward():
+        x_grad = torch.randn(shape, device=device, dtype=DTYPE, requires_grad=True)
+        dy = torch.randn_like(x_grad)  # allocated once: a fresh 33.5 MB buffer page-faults on CPU
+        contenders = []
+        for name, (kind, backend, fn) in functions.items():
+            sigma = torch.ones(shape[1], device=device)
+            contenders.append(harness.op_contender(name, kind, backend, _iteration_with_backward(fn, x_grad, sigma, dy),
+                                                   device, saved=_iteration(fn, x_grad, sigma)))
+        return Built(contenders, backward_bytes, numel, DTYPE)
 
     title = f"{OP} {tuple(shape)} {harness.dtype_name(DTYPE)}"
-    passes = (harness.Pass(f"{title} forward", "forward", forward, forward_bytes),
-              harness.Pass(f"{title} forward+backward", "forward+backward", with_backward, backward_bytes))
-    return harness.tensor_cases(x, passes, device, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
+    return [Case(f"{title} {label}", tensor_fields(shape, DTYPE, label), tuple(functions), build, skipped=skipped)
+            for label, build in (("forward", build_forward), ("forward+backward", build_with_backward))]
 
 
 def notes(device):
@@ -123,14 +134,19 @@ def notes(device):
     return lines
 
 
+def cases(device, quick=False):
+    """Every case on ``device``, unbuilt (:class:`bench.cases.Case`); probes which fused backends run there."""
+    backends, skipped = fused_backends(device)
+    functions = harness.op_functions({name: fused_stoc_relu_ema(name) for name in backends}, eager_stoc_relu_ema)
+    skipped = {f"fused[{name}]": reason for name, reason in skipped.items()}
+    return [case for shape in (QUICK_SHAPES if quick else SHAPES)
+            for case in _shape_cases(shape, functions, skipped, device)]
+
+
 def run(device, repeats, warmup, quick=False, min_sample_s=MIN_SAMPLE_S):
     """Benchmark every contender on every shape; the report :func:`harness.format_report` prints."""
     environment = harness.environment(device)
-    backends, skipped = fused_backends(device)
-    functions = harness.op_functions({name: fused_stoc_relu_ema(name) for name in backends}, eager_stoc_relu_ema)
-    cases = []
-    for shape in QUICK_SHAPES if quick else SHAPES:
-        cases += _bench_shape(shape, functions, device, repeats, warmup, min_sample_s)
-    return harness.report(OP, environment, repeats, warmup, quick, cases, notes(device),
-                          skipped=[{"name": f"fused[{name}]", "reason": reason} for name, reason in skipped.items()],
-                          gamma=GAMMA, momentum=MOMENTUM)
+    op_cases = cases(device, quick)
+    timed = [time_case(case, device, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s) for case in op_cases]
+    return harness.report(OP, environment, repeats, warmup, quick, timed, notes(device),
+                          skipped=skipped_contenders(op_cases), **PARAMS)

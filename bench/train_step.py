@@ -22,6 +22,7 @@ import stochnet
 from stochnet.models import build_model
 
 from . import harness
+from .cases import Built, Case, time_case
 
 OP = "train_step"
 # (model, batch shape): a CIFAR ResNet-20 and the MNIST CNN of the driver's main job
@@ -32,6 +33,9 @@ MOMENTUM = 0.5
 LR = 0.01
 DTYPE = torch.float32
 TARGET = 1.10
+CONTENDERS = ("teacher", "fused", "eager")  # the models of :func:`_models`, in order
+DEVICES = ("cpu", "cuda")  # where the benchmark runs
+PARAMS = {"gamma": GAMMA, "momentum": MOMENTUM, "target_step_over_teacher": TARGET}  # the report's settings
 
 
 class EagerStocReLUEMA(nn.Module):
@@ -103,29 +107,35 @@ def _train_step(model, optimizer, x, y):
     return step
 
 
-def _bench_case(name, shape, device, repeats, warmup):
-    generator = torch.Generator(device=device).manual_seed(0)
-    x = torch.rand(shape, device=device, dtype=DTYPE, generator=generator)
-    y = torch.randint(0, 10, (shape[0],), device=device, generator=generator)
-    models = _models(name, shape, device)
-    _check_same_work(models, x)
-    contenders = []
-    for label, model in models.items():
-        model.train()
-        step = _train_step(model, torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9), x, y)
-        step()  # the students' first batch sets sigma: time the steady state
-        extra = {"saved_bytes": harness.saved_tensor_bytes(lambda: nnf.cross_entropy(model(x), y))}
-        peak = harness.peak_memory_bytes(step, device)
-        if peak is not None:
-            extra["peak_bytes"] = peak
-        contenders.append(harness.Contender(label, "fused" if label == "fused" else "eager", step, extra))
-    result = harness.per_image(harness.compare(contenders, device, nbytes=x.numel() * x.element_size(),
-                                               copy_numel=x.numel(), copy_dtype=DTYPE, repeats=repeats,
-                                               warmup=warmup, references=("eager", "teacher")), shape[0])
-    for row in result["results"]:
+def _case(name, shape, device):
+    def build():
+        generator = torch.Generator(device=device).manual_seed(0)
+        x = torch.rand(shape, device=device, dtype=DTYPE, generator=generator)
+        y = torch.randint(0, 10, (shape[0],), device=device, generator=generator)
+        models = _models(name, shape, device)
+        _check_same_work(models, x)
+        contenders = []
+        for label, model in models.items():
+            model.train()
+            step = _train_step(model, torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9), x, y)
+            step()  # the students' first batch sets sigma: time the steady state
+            extra = {"saved_bytes": harness.saved_tensor_bytes(lambda: nnf.cross_entropy(model(x), y))}
+            peak = harness.peak_memory_bytes(step, device)
+            if peak is not None:
+                extra["peak_bytes"] = peak
+            contenders.append(harness.Contender(label, "fused" if label == "fused" else "eager", step, extra))
+        return Built(contenders, x.numel() * x.element_size(), x.numel(), DTYPE)
+
+    return Case(f"{OP} {name} {tuple(shape)} {harness.dtype_name(DTYPE)}",
+                {"model": name, "shape": list(shape), "pass": "train step"}, CONTENDERS, build,
+                references=("eager", "teacher"), images=shape[0])
+
+
+def _time_case(case, device, repeats, warmup):
+    timed = time_case(case, device, repeats=repeats, warmup=warmup)
+    for row in timed["results"]:
         row["step_over_teacher"] = 1.0 / row["teacher_over_this"]
-    return {"title": f"{OP} {name} {tuple(shape)} {harness.dtype_name(DTYPE)}", "model": name,
-            "shape": list(shape), "pass": "train step", **result}
+    return timed
 
 
 def _summary(cases):
@@ -159,9 +169,13 @@ def notes(device, cases):
     return lines + _summary(cases)
 
 
+def cases(device, quick=False):
+    """Every (model, batch) case on ``device``, unbuilt (:class:`bench.cases.Case`)."""
+    return [_case(name, shape, device) for name, shape in (QUICK_CASES if quick else CASES)]
+
+
 def run(device, repeats, warmup, quick=False):
     """Benchmark the three contenders on every (model, batch); the report :func:`harness.format_report` prints."""
     environment = harness.environment(device)
-    cases = [_bench_case(name, shape, device, repeats, warmup) for name, shape in (QUICK_CASES if quick else CASES)]
-    return harness.report(OP, environment, repeats, warmup, quick, cases, notes(device, cases), gamma=GAMMA,
-                          momentum=MOMENTUM, target_step_over_teacher=TARGET)
+    timed = [_time_case(case, device, repeats, warmup) for case in cases(device, quick)]
+    return harness.report(OP, environment, repeats, warmup, quick, timed, notes(device, timed), **PARAMS)

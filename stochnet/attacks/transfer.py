@@ -1,20 +1,13 @@
 """Transfer (black-box) attacks: craft on a source model, evaluate on a target model."""
 import torch
 
+from ..modes import eval_mode
 from .base import Attack
 
 
 def _predict(model, x):
-    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
-    modes = [m.training for m in modules]
-    try:
-        if modules:
-            model.eval()
-        with torch.no_grad():
-            return model(x).argmax(1)
-    finally:
-        for module, mode in zip(modules, modes):
-            module.training = mode
+    with eval_mode(model), torch.no_grad():
+        return model(x).argmax(1)
 
 
 def transfer_success(target_model, x, x_adv, y):

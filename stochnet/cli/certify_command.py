@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import UsageError, user_values
 from .output import check_writable, format_table, percent, write_json
 
 DEFAULT_RADII = "0,0.25,0.5,0.75,1.0"
@@ -35,9 +36,9 @@ def parse_radii(text):
     try:
         radii = sorted({float(item) for item in text.split(",") if item.strip()})
     except ValueError:
-        raise ValueError(f"--radii must be comma-separated numbers, got {text!r}") from None
+        raise UsageError(f"--radii must be comma-separated numbers, got {text!r}") from None
     if not radii or radii[0] < 0:
-        raise ValueError(f"--radii must be numbers >= 0, got {text!r}")
+        raise UsageError(f"--radii must be numbers >= 0, got {text!r}")
     return radii
 
 
@@ -55,22 +56,25 @@ def run(args):
 
     thresholds = parse_radii(args.radii)
     if not args.sigma > 0:
-        raise ValueError(f"--sigma must be > 0, got {args.sigma}")
+        raise UsageError(f"--sigma must be > 0, got {args.sigma}")
     if not 0 < args.alpha < 1:
-        raise ValueError(f"--alpha must be in (0, 1), got {args.alpha}")
+        raise UsageError(f"--alpha must be in (0, 1), got {args.alpha}")
     for name in ("n0", "n", "limit", "batch_size"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     check_writable(args.out)
-    device = choose_device(args.device)
+    with user_values():  # --device
+        device = choose_device(args.device)
     state = load_checkpoint(args.checkpoint)
     run_args = state["args"]
     model = model_from_checkpoint(state, device)
-    bundle = load_data(run_args["data"], args.data_dir or run_args["data_dir"], augment=False)
+    with user_values():  # --data-dir
+        bundle = load_data(run_args["data"], args.data_dir or run_args["data_dir"], augment=False)
     count = min(args.limit, len(bundle.test))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(bundle.test, range(count)), batch_size=count)
     x, y = next(iter(loader))
-    smooth = Smooth(model, args.sigma, args.n, mode="prediction", batch_size=args.batch_size)
+    with user_values():  # Smooth checks --sigma (finite) and --batch-size
+        smooth = Smooth(model, args.sigma, args.n, mode="prediction", batch_size=args.batch_size)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     predictions, radii = smooth.certify(x.to(device), args.n0, args.n, args.alpha)

@@ -6,6 +6,7 @@ import torch
 
 from .attack_specs import (ATTACK_NAMES, AttackSettings, crafting_attack, make_attack, make_transfer_attack,
                            parse_attack_names)
+from .errors import UsageError, user_values
 from .output import check_writable, format_table, percent, write_json
 from .transfer_source import load_source
 
@@ -54,7 +55,8 @@ def run(args):
     settings = AttackSettings(eps=args.eps, eps_l2=args.eps_l2, alpha=args.alpha, steps=args.steps,
                               eot_samples=args.eot_samples, cw_steps=args.cw_steps, queries=args.queries)
     # Under torchrun each rank scores its shard of the images; rank 0 alone prints and writes.
-    ranks = setup_ranks(args.device)
+    with user_values():  # --device
+        ranks = setup_ranks(args.device)
     try:
         return _run(args, names, transfers, settings, ranks)
     finally:
@@ -77,7 +79,8 @@ def _run(args, names, transfers, settings, ranks):
     for path, state in states:
         run_args = state["args"]
         model = model_from_checkpoint(state, device)
-        bundle = load_data(run_args["data"], args.data_dir or run_args["data_dir"], augment=False)
+        with user_values():  # --data-dir
+            bundle = load_data(run_args["data"], args.data_dir or run_args["data_dir"], augment=False)
         count = len(bundle.test) if args.limit is None else min(args.limit, len(bundle.test))
         test = bundle.test if args.limit is None and not ranks.distributed else torch.utils.data.Subset(
             bundle.test, shard_indices(count, ranks.rank, ranks.world_size))
@@ -92,11 +95,13 @@ def _run(args, names, transfers, settings, ranks):
         for name in names:
             torch.manual_seed(rank_seed(args.seed, ranks.rank))  # args.seed on rank 0, its own noise elsewhere
             transfer = crafting_attack(name) is not None
-            if transfer:
-                attack, eps = make_transfer_attack(name, source.model, run_args["data"], bundle.num_classes,
-                                                   settings, source_stochastic)
-            else:
-                attack, eps = make_attack(name, model, run_args["data"], bundle.num_classes, settings, stochastic)
+            with user_values():  # the attacks check --eps, --alpha, --steps, ... as they are built
+                if transfer:
+                    attack, eps = make_transfer_attack(name, source.model, run_args["data"], bundle.num_classes,
+                                                       settings, source_stochastic)
+                else:
+                    attack, eps = make_attack(name, model, run_args["data"], bundle.num_classes, settings,
+                                              stochastic)
             # A transfer attack varies from repeat to repeat when either model draws noise.
             repeats = args.repeats if stochastic or (transfer and source_stochastic) else 1
             start = time.perf_counter()
@@ -145,10 +150,10 @@ def _check_arguments(args, names):
     """Check the options before any work; returns the transfer attacks among ``names``."""
     transfers = [name for name in names if crafting_attack(name) is not None]
     if transfers and args.source_checkpoint is None:
-        raise ValueError(f"--attacks {','.join(transfers)} needs --source-checkpoint CKPT: the model whose "
+        raise UsageError(f"--attacks {','.join(transfers)} needs --source-checkpoint CKPT: the model whose "
                          "examples are transferred")
     if args.source_checkpoint is not None and not transfers:
-        raise ValueError("--source-checkpoint is used by transfer attacks only: name one in --attacks, "
+        raise UsageError("--source-checkpoint is used by transfer attacks only: name one in --attacks, "
                          "e.g. transfer-pgd")
     for name in ("steps", "eot_samples", "cw_steps", "queries", "repeats", "batch_size"):
         _check_positive(args, name)
@@ -160,7 +165,7 @@ def _check_arguments(args, names):
 def _check_positive(args, name):
     value = getattr(args, name)
     if value < 1:
-        raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 def _mean_std(key):

@@ -3,6 +3,7 @@ from ..data import DATASETS
 from ..defenses import METHODS, parse_options
 from ..models import MODEL_NAMES
 from .options import add_dataclass_options, collect
+from .errors import user_values
 from .output import check_writable
 
 
@@ -20,8 +21,10 @@ def add_parser(commands, argv):
     parser = commands.add_parser(
         "train", help="train a model with a defense method",
         description="Train a model; a checkpoint per epoch in --out (resumable with --resume), final test "
-                    "accuracy in OUT/metrics.json. Multi-process: torchrun --nproc_per_node=N -m stochnet "
-                    "train ... Each method has its own options: see 'stochnet train --method M --help'.")
+                    "accuracy in OUT/metrics.json. A --out that holds a run is refused unless --resume or "
+                    "--overwrite; one training at a time holds a --out. Multi-process: torchrun "
+                    "--nproc_per_node=N -m stochnet train ... Each method has its own options: see "
+                    "'stochnet train --method M --help'.")
     parser.add_argument("--method", required=True, choices=sorted(METHODS), help="training method")
     parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="architecture")
     parser.add_argument("--data", required=True, choices=DATASETS,
@@ -32,7 +35,11 @@ def add_parser(commands, argv):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--eval-batch-size", type=int, default=256, help="batch size of the final test pass")
     parser.add_argument("--out", required=True, help="run folder: checkpoint.pt and metrics.json")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    previous = parser.add_mutually_exclusive_group()
+    previous.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    previous.add_argument("--overwrite", action="store_true",
+                          help="replace the run saved in --out (its checkpoint and metrics are removed when this "
+                               "run starts); without --resume or --overwrite a --out that holds a run is refused")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-subset", type=int, default=None, metavar="N",
                         help="train on a fixed random subset of N training images")
@@ -52,14 +59,15 @@ def run(args):
     from ..train import TrainRun, train
 
     check_writable(args.out)
-    set_by_user = collect(args, args.option_names)
-    # Stored as the method parses them, so a resumed run compares values, not spellings.
-    parsed = parse_options(METHODS[args.method].Options, set_by_user)
-    options = {name: getattr(parsed, name) for name in set_by_user}
-    run_args = TrainRun(method=args.method, model=args.model, data=args.data, epochs=args.epochs,
-                        batch_size=args.batch_size, out=args.out, data_dir=args.data_dir, seed=args.seed,
-                        train_subset=args.train_subset, teacher=args.teacher, width=args.width,
-                        eval_batch_size=args.eval_batch_size, resume=args.resume, device=args.device,
-                        options=options)
+    with user_values():
+        set_by_user = collect(args, args.option_names)
+        # Stored as the method parses them, so a resumed run compares values, not spellings.
+        parsed = parse_options(METHODS[args.method].Options, set_by_user)
+        options = {name: getattr(parsed, name) for name in set_by_user}
+        run_args = TrainRun(method=args.method, model=args.model, data=args.data, epochs=args.epochs,
+                            batch_size=args.batch_size, out=args.out, data_dir=args.data_dir, seed=args.seed,
+                            train_subset=args.train_subset, teacher=args.teacher, width=args.width,
+                            eval_batch_size=args.eval_batch_size, resume=args.resume, overwrite=args.overwrite,
+                            device=args.device, options=options)
     train(run_args)
     return 0

@@ -3,6 +3,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import UsageError
+
 # What a model's inputs and outputs look like: a source must agree with every target on them.
 _DATA_SHAPE = ("in_channels", "image_size", "num_classes")
 
@@ -25,7 +27,7 @@ def load_source(path, target_states, device):
     for target_path, target_state in target_states:
         source_shape, target_shape = _data_shape(state), _data_shape(target_state)
         if source_shape != target_shape:
-            raise ValueError(f"--source-checkpoint {path} takes {_describe(source_shape)} but --checkpoint "
+            raise UsageError(f"--source-checkpoint {path} takes {_describe(source_shape)} but --checkpoint "
                              f"{target_path} takes {_describe(target_shape)}: a transfer attack needs the "
                              "same input shape and classes")
     return Source(path=str(path), args=state["args"], model=model_from_checkpoint(state, device))

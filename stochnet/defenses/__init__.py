@@ -3,9 +3,11 @@
 ``build_method(name, model, config, epochs=..., example_input=...)``
 returns a :class:`Method` whose ``train_step(model, x, y)``, ``on_epoch_start(epoch)``,
 ``on_epoch_end(epoch)``, ``state_dict()`` and ``load_state_dict(state)`` the training loop
-calls. ``METHODS[name].Options`` is the dataclass of the method's options (defaults from its
+calls. :data:`METHODS` is the :class:`stochnet.registry.Registry` of the methods by name;
+``METHODS[name].Options`` is the dataclass of the method's options (defaults from its
 source; ``metadata["help"]`` on every field).
 """
+from ..registry import Registry
 from .adv import AdversarialTraining, AdvOptions
 from .anis2 import ANIS2, ANIS2Options, anis2_gamma
 from .base import Method
@@ -16,8 +18,9 @@ from .pni import PNIOptions, PNITraining
 from .standard import Standard, StandardOptions
 from .trades import Trades, TradesOptions
 
-METHODS = {cls.name: cls for cls in (Standard, AdversarialTraining, Trades, PNITraining, Learn2Perturb, ANIS2,
-                                     GaussianAugmentation)}
+# name -> Method class
+METHODS = Registry("method", {cls.name: cls for cls in (Standard, AdversarialTraining, Trades, PNITraining,
+                                                        Learn2Perturb, ANIS2, GaussianAugmentation)})
 
 
 def build_method(name, model, config, *, epochs, example_input, teacher_state=None):
@@ -28,9 +31,7 @@ def build_method(name, model, config, *, epochs, example_input, teacher_state=No
     ``anis2``; ``teacher_state`` is the teacher's state dict for ``anis2``. pni, l2p and anis2
     train a converted copy of ``model``: use ``method.model`` (its state dict is the one to save).
     """
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
-    cls = METHODS[name]
+    cls = METHODS.get(name)
     options = parse_options(cls.Options, config)
     return cls(model, options, epochs=epochs, example_input=example_input, teacher_state=teacher_state)
 

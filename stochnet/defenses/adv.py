@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as nnf
 
 from .adversary import Adversary
-from .base import Method, evaluating
+from ..modes import eval_mode
+from .base import Method
 from .options import AdversarialOptions, with_default
 
 
@@ -60,5 +61,5 @@ class AdversarialTraining(Method):
         return loss + weight * nnf.cross_entropy(clean_logits, y), clean_logits, y
 
     def _predictions(self, x):
-        with evaluating(self.model), torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():
             return self.model(x).argmax(1)

@@ -1,5 +1,4 @@
 """The Method base class: one training method's model, optimizers, schedules and state."""
-import contextlib
 import numbers
 
 import torch
@@ -14,18 +13,6 @@ def _check_count(value, name, minimum):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-@contextlib.contextmanager
-def evaluating(module):
-    """Run ``module`` in eval mode, then restore each submodule's own train/eval flag."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 class Method:

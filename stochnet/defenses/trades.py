@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as nnf
 
 from .. import functional as F
-from .base import Method, evaluating
+from ..modes import eval_mode
+from .base import Method
 from .options import OptimizerOptions, option, require, with_default
 
 
@@ -56,7 +57,7 @@ class Trades(Method):
     def inner_maximization(self, x):
         o = self.options
         x = x.detach()
-        with evaluating(self.model), torch.enable_grad():
+        with eval_mode(self.model), torch.enable_grad():
             with torch.no_grad():
                 target = nnf.softmax(self.model(x), 1)
             x_adv = F.perturb(x, x.new_tensor(o.start_std)) if o.start_std > 0 else x

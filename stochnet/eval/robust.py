@@ -3,6 +3,8 @@ import math
 
 import torch
 
+from ..modes import eval_mode
+
 COUNT_KEYS = ("total", "clean_correct", "adv_correct", "flipped")
 """What :func:`robust_counts` counts per repeat: samples, clean-correct ones, adversarially correct
 ones, and the clean-correct ones the attack turns into errors."""
@@ -46,33 +48,27 @@ def robust_counts(model, attack, loader, repeats=1, device=None, allow_empty=Fal
     if device is None and isinstance(model, torch.nn.Module):
         parameter = next(model.parameters(), None)
         device = parameter.device if parameter is not None else None
-    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
-    modes = [m.training for m in modules]
     counts = []
-    try:
-        for _ in range(repeats):
-            total = clean_correct = adv_correct = flipped = 0
-            for x, y in loader:
-                if device is not None:
-                    x, y = x.to(device), y.to(device)
-                if modules:
-                    model.eval()
+    for _ in range(repeats):
+        total = clean_correct = adv_correct = flipped = 0
+        for x, y in loader:
+            if device is not None:
+                x, y = x.to(device), y.to(device)
+            # Per batch: eval mode again even if the attack (any callable) left the model otherwise.
+            with eval_mode(model):
                 with torch.no_grad():
                     clean_ok = model(x).argmax(1) == y
                 x_adv = attack(x, y)
                 with torch.no_grad():
                     adv_ok = model(x_adv).argmax(1) == y
-                total += y.numel()
-                clean_correct += int(clean_ok.sum())
-                adv_correct += int(adv_ok.sum())
-                flipped += int((clean_ok & ~adv_ok).sum())
-            if total == 0 and not allow_empty:
-                raise ValueError("loader yielded no samples")
-            counts.append({"total": total, "clean_correct": clean_correct, "adv_correct": adv_correct,
-                           "flipped": flipped})
-    finally:
-        for module, mode in zip(modules, modes):
-            module.training = mode
+            total += y.numel()
+            clean_correct += int(clean_ok.sum())
+            adv_correct += int(adv_ok.sum())
+            flipped += int((clean_ok & ~adv_ok).sum())
+        if total == 0 and not allow_empty:
+            raise ValueError("loader yielded no samples")
+        counts.append({"total": total, "clean_correct": clean_correct, "adv_correct": adv_correct,
+                       "flipped": flipped})
     return counts
 
 

@@ -4,7 +4,7 @@ from .cifar_resnet import CifarResNet
 from .mnist_cnn import MnistCNN
 from .normalize import Normalize
 from .preact_resnet import PreActBlock, PreActResNet
-from .registry import MODEL_NAMES, build_model
+from .registry import MODEL_NAMES, MODELS, build_model
 
-__all__ = ["build_model", "MODEL_NAMES", "Normalize", "CifarResNet", "PreActResNet", "PreActBlock", "BasicNet",
-           "MnistCNN"]
+__all__ = ["build_model", "MODEL_NAMES", "MODELS", "Normalize", "CifarResNet", "PreActResNet", "PreActBlock",
+           "BasicNet", "MnistCNN"]

@@ -1,25 +1,37 @@
-"""``build_model(name, ...)``: every model of stochnet by name, with its width and normalization."""
+"""``build_model(name, ...)``: every model of stochnet by name (:data:`MODELS`), with its width and
+normalization."""
 import math
 import numbers
+from typing import NamedTuple
 
+from ..registry import Registry
 from .basicnet import BasicNet
 from .cifar_resnet import CifarResNet
 from .mnist_cnn import MnistCNN
 from .normalize import Normalize
 from .preact_resnet import PreActResNet
 
-# name -> (class, channels at width 1, extra leading arguments: blocks per stage for the ResNets)
-_ARCHITECTURES = {
-    "resnet20": (CifarResNet, (16, 32, 64), ((3, 3, 3),)),
-    "resnet32": (CifarResNet, (16, 32, 64), ((5, 5, 5),)),
-    "resnet44": (CifarResNet, (16, 32, 64), ((7, 7, 7),)),
-    "resnet56": (CifarResNet, (16, 32, 64), ((9, 9, 9),)),
-    "resnet18": (CifarResNet, (64, 128, 256, 512), ((2, 2, 2, 2),)),
-    "preact_resnet18": (PreActResNet, (64, 128, 256, 512), ((2, 2, 2, 2),)),
-    "basicnet": (BasicNet, (6, 16), ()),
-    "mnist_cnn": (MnistCNN, (16, 32), ()),
-}
-MODEL_NAMES = tuple(_ARCHITECTURES)
+
+class Architecture(NamedTuple):
+    """A model by name: its class, its channels at width 1, and the extra leading arguments of the
+    class (blocks per stage for the ResNets)."""
+
+    cls: type
+    channels: tuple
+    leading: tuple = ()
+
+
+MODELS = Registry("model", {
+    "resnet20": Architecture(CifarResNet, (16, 32, 64), ((3, 3, 3),)),
+    "resnet32": Architecture(CifarResNet, (16, 32, 64), ((5, 5, 5),)),
+    "resnet44": Architecture(CifarResNet, (16, 32, 64), ((7, 7, 7),)),
+    "resnet56": Architecture(CifarResNet, (16, 32, 64), ((9, 9, 9),)),
+    "resnet18": Architecture(CifarResNet, (64, 128, 256, 512), ((2, 2, 2, 2),)),
+    "preact_resnet18": Architecture(PreActResNet, (64, 128, 256, 512), ((2, 2, 2, 2),)),
+    "basicnet": Architecture(BasicNet, (6, 16)),
+    "mnist_cnn": Architecture(MnistCNN, (16, 32)),
+})
+MODEL_NAMES = MODELS.names()
 
 
 def _positive_int(value, name):
@@ -63,14 +75,12 @@ def build_model(name, num_classes=10, in_channels=3, mean=None, std=None, width=
 
         model = stochnet.models.build_model("resnet20", mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
     """
-    if name not in _ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
+    cls, channels, leading = MODELS.get(name)
     num_classes = _positive_int(num_classes, "num_classes")
     in_channels = _positive_int(in_channels, "in_channels")
     normalize = Normalize(mean, std)
     if normalize.num_channels not in (None, in_channels):
         raise ValueError(f"mean and std must have one value per input channel ({in_channels}), "
                          f"got {normalize.num_channels}")
-    cls, channels, leading = _ARCHITECTURES[name]
     return cls(*leading, scaled_channels(channels, width, name), num_classes=num_classes,
                in_channels=in_channels, normalize=normalize)

@@ -5,6 +5,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ..modes import eval_mode
 from .perturbation import PerturbationInjection
 from .pni import PNIConv2d, PNILinear
 from .stoc_relu_ema import StocReLUEMA
@@ -152,16 +153,12 @@ def _trace(model, example_input, modules, inputs):
         seen[id(module)].append(value if isinstance(value, torch.Tensor) else None)
 
     hooks = [m.register_forward_hook(record) for m in modules]
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
             model(example_input)
     finally:
         for hook in hooks:
             hook.remove()
-        for module, training in modes.items():
-            module.training = training
     return seen
 
 

@@ -1,8 +1,5 @@
 """Evaluation of smoothed classifiers as JSON-ready dicts: accuracy over a grid of sigma and m
 (clean and under attack, the ablation of the Smoothed Inference paper), and certified accuracy."""
-import json
-import os
-
 import torch
 
 from .checks import check_count, check_sigma
@@ -108,13 +105,3 @@ def certified_accuracy(certification, radii):
         "num_samples": int(labels.numel()),
     })
     return result
-
-
-def write_json(path, result):
-    """Write ``result`` as indented JSON, creating the parent directory."""
-    directory = os.path.dirname(os.fspath(path))
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")

@@ -1,5 +1,4 @@
 """The smoothed classifier: votes over Gaussian noisy copies, Cohen et al.'s PREDICT and CERTIFY."""
-import contextlib
 import sys
 
 import torch
@@ -9,6 +8,7 @@ from ..ops.smoothing import VOTE_MODES
 from .certify import binomial_p_value, certified_radius, clopper_pearson_lower
 from .checks import check_alpha, check_backend, check_count, check_sigma
 from ..copies import CopyEngine
+from ..modes import eval_mode
 from .sampling import NoisePlan, vote_totals
 
 ABSTAIN = -1
@@ -21,19 +21,6 @@ def _check_input(x):
         raise ValueError(f"x must be a non-empty batch of shape (B, ...), got {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite: it holds NaN or inf")
-
-
-@contextlib.contextmanager
-def _eval_mode(module):
-    """Every submodule in eval mode inside, each one's own training flag restored after."""
-    modules = list(module.modules())
-    modes = [m.training for m in modules]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.training = mode
 
 
 class _Progress:
@@ -104,7 +91,7 @@ class Smooth(nn.Module):
     def forward(self, x):
         _check_input(x)
         differentiable = self.mode == "soft" and torch.is_grad_enabled()
-        with _eval_mode(self.model), torch.set_grad_enabled(differentiable):
+        with eval_mode(self.model), torch.set_grad_enabled(differentiable):
             totals = self._totals(x, self.num_samples, self.mode)
         scores = totals / self.num_samples
         return scores if self.mode == "soft" else scores.to(x.dtype)
@@ -117,7 +104,7 @@ class Smooth(nn.Module):
         """
         _check_input(x)
         n, alpha = check_count(n, "n"), check_alpha(alpha)
-        with _eval_mode(self.model), torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():
             counts = self._totals(x, n, "prediction")
         top2 = torch.sort(counts, dim=1, descending=True, stable=True)
         top = top2.values[:, 0]
@@ -137,7 +124,7 @@ class Smooth(nn.Module):
         n0, n, alpha = check_count(n0, "n0"), check_count(n, "n"), check_alpha(alpha)
         progress = _Progress(self._chunks(x, n0) + self._chunks(x, n), "certify")
         try:
-            with _eval_mode(self.model), torch.no_grad():
+            with eval_mode(self.model), torch.no_grad():
                 engine = CopyEngine(self.model)  # one probe for both passes
                 selected = self._totals(x, n0, "prediction", progress, engine).argmax(1)
                 n_a = self._totals(x, n, "prediction", progress, engine).gather(1, selected[:, None]).squeeze(1)

@@ -1,26 +1,29 @@
 """The training loop: epochs of ``Method.train_step`` over a (seed, epoch)-ordered loader, a checkpoint
-per epoch, exact resume, DistributedDataParallel under ``torchrun``."""
-import json
+per epoch, exact resume, DistributedDataParallel under ``torchrun``, the run folder locked for the run."""
+import contextlib
 import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from ..data import load_data
+from ..data.errors import DataError
 from ..defenses import build_method
 from ..models import build_model
-from ..nn.stoc_relu_ema import sync_stoc_relu
+from ..modes import eval_mode
+from ..nn.stoc_relu_ema import sync_stoc_relu, warn_skipped_updates
+from ..output import write_json
 from .checkpoint import (CheckpointError, apply_noise_attributes, capture_rng_state, load_checkpoint,
                          noise_attributes, restore_rng_state, save_checkpoint)
 from .distributed import EpochSampler, barrier, gather_objects, rank_seed, setup_ranks, sum_over_ranks, teardown
 from .progress import EpochProgress
+from .run_folder import CHECKPOINT, METRICS, RunFolderError, claim_run_folder, remove_previous_run
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.json"
 # The arguments that define a run: resuming with any of them changed would not continue the same run.
 RUN_DEFINING = ("method", "model", "data", "epochs", "batch_size", "seed", "train_subset", "width", "options")
 
@@ -42,6 +45,7 @@ class TrainRun:
     width: float = 1.0
     eval_batch_size: int = 256
     resume: bool = False
+    overwrite: bool = False
     device: str | None = None
     options: dict = field(default_factory=dict)
 
@@ -54,21 +58,48 @@ class TrainRun:
             raise ValueError(f"train_subset must be an integer >= 1, got {self.train_subset!r}")
         if not self.width > 0:
             raise ValueError(f"width must be > 0, got {self.width!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other: continue the run in --out, or replace it")
 
 
 def train(run, stream=None, on_epoch_end=None):
     """Train ``run`` (a :class:`TrainRun`); returns the final metrics (also written to
     ``<out>/metrics.json`` by rank 0).
 
+    Before any work the run folder is locked for the life of the run (a second training on it
+    fails at once) and checked: a folder that holds a previous run's checkpoint or metrics is
+    refused unless ``run.resume`` (continue it) or ``run.overwrite`` (its files are removed once
+    this run's set-up has succeeded, before the first epoch). See :mod:`stochnet.train.run_folder`.
+
     Progress and log lines go to ``stream`` (default: stderr). ``on_epoch_end(epoch, summary)``
     is called after each epoch's checkpoint is written.
     """
     stream = sys.stderr if stream is None else stream
-    ranks = setup_ranks(run.device)
+    with _setting_up():
+        ranks = setup_ranks(run.device)
     try:
-        return _train(run, ranks, stream, on_epoch_end)
+        with claim_run_folder(run, ranks):
+            with _setting_up():
+                state = _set_up(run, ranks, stream)
+            return _epochs(run, ranks, stream, on_epoch_end, state)
     finally:
         teardown(ranks)
+
+
+class SetupError(ValueError):
+    """A value of the run that its set-up rejected (the device, the method's options, the model's
+    width, the data): the user's error, which the command line reports as one line. A ValueError
+    raised once the epochs have started is not one of these: it is a bug and keeps its traceback."""
+
+
+@contextlib.contextmanager
+def _setting_up():
+    try:
+        yield
+    except (SetupError, CheckpointError, DataError, RunFolderError):
+        raise  # the user's errors already, under their own names
+    except ValueError as error:
+        raise SetupError(str(error)) from error
 
 
 def _log(ranks, stream, message):
@@ -76,7 +107,8 @@ def _log(ranks, stream, message):
         print(message, file=stream, flush=True)
 
 
-def _train(run, ranks, stream, on_epoch_end):
+def _set_up(run, ranks, stream):
+    """Everything before the first epoch: the resumed checkpoint, the data, the model and method."""
     out = Path(run.out)
     checkpoint_path = out / CHECKPOINT
     resumed = None
@@ -129,8 +161,21 @@ def _train(run, ranks, stream, on_epoch_end):
                                 "random streams are reseeded, the run will not replay exactly, and the "
                                 "batch per step is --batch-size per process, so the total batch changes")
         _seed_everything(rank_seed(run.seed + start_epoch, ranks.rank))
+    return SimpleNamespace(out=out, checkpoint_path=checkpoint_path, bundle=bundle, sampler=sampler, loader=loader,
+                           test_loader=test_loader, data_info=data_info, method=method, student=student, net=net,
+                           start_epoch=start_epoch, history=history)
 
-    args = {**asdict(run), "data_info": data_info, "world_size": ranks.world_size}
+
+def _epochs(run, ranks, stream, on_epoch_end, state):
+    """The epochs of the run, a checkpoint after each, then the final test accuracy."""
+    out, checkpoint_path, sampler, loader = state.out, state.checkpoint_path, state.sampler, state.loader
+    method, student, net, start_epoch, history = (state.method, state.student, state.net, state.start_epoch,
+                                                  state.history)
+    if run.overwrite and ranks.is_main:
+        removed = remove_previous_run(out)
+        if removed:
+            _log(ranks, stream, f"--overwrite: removed the previous run's {', '.join(removed)} from {out}")
+    args = {**asdict(run), "data_info": state.data_info, "world_size": ranks.world_size}
     if start_epoch:
         _log(ranks, stream, f"resuming {checkpoint_path} after epoch {start_epoch}/{run.epochs}")
     started = time.perf_counter()
@@ -143,6 +188,8 @@ def _train(run, ranks, stream, on_epoch_end):
             step = method.train_step(net, x.to(ranks.device), y.to(ranks.device))
             progress.update(step["loss"], step["correct"], step["count"])
         local = progress.close()
+        if ranks.is_main:
+            warn_skipped_updates(student)  # for CUDA tensors, whose forward does not check
         method.on_epoch_end(epoch)
         summary = _pooled_summary(local, ranks)
         summary["epoch"] = epoch + 1
@@ -161,12 +208,12 @@ def _train(run, ranks, stream, on_epoch_end):
 
     metrics = None
     if ranks.is_main:
-        accuracy = evaluate_accuracy(student, test_loader, ranks.device)
+        accuracy = evaluate_accuracy(student, state.test_loader, ranks.device)
         metrics = {"test_accuracy": accuracy, "epochs": run.epochs, "method": run.method, "model": run.model,
                    "data": run.data, "train_seconds_this_run": time.perf_counter() - started,
                    "world_size": ranks.world_size, "history": history, "checkpoint": str(checkpoint_path)}
-        (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-        _log(ranks, stream, f"test accuracy {100 * accuracy:.2f}% on {len(bundle.test)} images; "
+        write_json(out / METRICS, metrics)
+        _log(ranks, stream, f"test accuracy {100 * accuracy:.2f}% on {len(state.bundle.test)} images; "
                             f"wrote {out / METRICS}")
     barrier(ranks)
     return metrics
@@ -174,16 +221,11 @@ def _train(run, ranks, stream, on_epoch_end):
 
 def evaluate_accuracy(model, loader, device):
     """Top-1 accuracy of ``model`` in eval mode over ``loader`` (one noise draw for a stochastic model)."""
-    mode = model.training
-    model.eval()
     correct = total = 0
-    try:
-        with torch.no_grad():
-            for x, y in loader:
-                correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
-                total += y.numel()
-    finally:
-        model.train(mode)
+    with eval_mode(model), torch.no_grad():
+        for x, y in loader:
+            correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+            total += y.numel()
     return correct / max(total, 1)
 
 
