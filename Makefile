@@ -12,7 +12,7 @@ export MAX_JOBS ?= 2
 # The main job: a deterministic teacher and an ANIS² student fine-tuned from it on the built-in
 # MNIST subset (PGD-7 adversarial training at eps 0.3 on a 50/50 clean + adversarial loss: on
 # adversarial examples alone this small CNN collapses to chance), then both attacked (clean, FGSM,
-# PGD, EOT-PGD at eps 0.3): the comparison table.
+# PGD, EOT-PGD and AutoAttack-rand at eps 0.3, 200 test images): the comparison table.
 RUNS := runs
 run: setup
 	$(PY) -m stochnet train --method standard --model mnist_cnn --data mnist --epochs 5 --batch-size 64 \
@@ -21,7 +21,7 @@ run: setup
 		--teacher $(RUNS)/teacher/checkpoint.pt --eps 0.3 --step-size 0.1 --steps 7 --clean-weight 0.5 \
 		--out $(RUNS)/anis2 --overwrite
 	$(PY) -m stochnet eval --checkpoint $(RUNS)/teacher/checkpoint.pt --checkpoint $(RUNS)/anis2/checkpoint.pt \
-		--attacks fgsm,pgd,eot-pgd --limit 500 --repeats 3 --out $(RUNS)/eval
+		--attacks fgsm,pgd,eot-pgd,autoattack-rand --limit 200 --repeats 3 --out $(RUNS)/eval
 
 test: setup
 	$(PY) -m pytest

@@ -225,11 +225,13 @@ def _timings(recorders, device, x, repeats, first_s):
 
 
 def _peak(fn, device):
-    """Peak memory above the starting level during one call of ``fn`` (see ``harness.peak_bytes``; measured on this
-    call itself, which the caller has already made warm, so no extra call)."""
+    """Runs ``fn`` once; returns the peak memory above the starting level during it on CUDA
+    (``torch.cuda.max_memory_allocated``), None on CPU: memory freed by earlier calls stays resident in the C library's arenas, so an
+    in-process resident high-water mark reads about 0 for every contender and compares nothing."""
     if device.type == "cuda":
         return harness.peak_memory_bytes(fn, device)
-    return harness.peak_resident_bytes(fn)
+    fn()
+    return None
 
 
 def _std(values):
@@ -279,7 +281,8 @@ def _bench_case(case, model, stochastic, x, y, eps, device, repeats, warmup, bud
         row["robust_acc_runs"] = len(runs)
         row["fooled_per_s"] = (clean_acc - row["robust_acc"]) * x.shape[0] / row["median_s"]
         row["first_call_s"] = first_s[row["name"]]
-        row["peak_bytes"] = peak[row["name"]] if case.single_run else _peak(recorder, device)
+        if case.single_run or device.type == "cuda":  # one more call only where it measures something
+            row["peak_bytes"] = peak[row["name"]] if case.single_run else _peak(recorder, device)
         if case.suite and row["name"] == "stochnet":
             row["fooled_by"] = dict(getattr(recorder.attack, "fooled_by", {}))
     rows = {row["name"]: row for row in result["results"]}
@@ -373,9 +376,9 @@ def notes(device, eps, sizes, models, cases):
         f"torchattacks.AutoAttack(version='rand') (APGD-CE then APGD-DLR, EOT {sizes.suite_samples}, the samples "
         f"still correct on one noisy pass), its APGDs' steps raised from torchattacks' default 10 to "
         f"{sizes.suite_steps}: the same suite",
-        "peak MB: memory above the starting level during one call of the attack (after the timed calls; for "
-        "autoattack-rand, its timed run): " + ("CUDA max_memory_allocated" if device.type == "cuda" else
-                                              "resident high-water mark (VmHWM), the fused ops' output pool emptied first"),
+        "peak MB: CUDA max_memory_allocated above the starting level during one call of the attack (after the timed "
+        "calls; for autoattack-rand, its timed run); not measured on CPU, where memory freed by earlier calls stays "
+        "resident in the C library's arenas and an in-process high-water mark reads about 0 for every contender",
         "models: " + ", ".join(f"{key} {value:.1f}" if key.endswith("_s") else f"{key} {value:g}"
                                if isinstance(value, float) else f"{key} {value}" for key, value in models.items()),
         harness.SCALE_ONLY_NOTE,
