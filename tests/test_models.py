@@ -12,6 +12,9 @@ from stochnet.nn.convert import InjectionSite
 
 ZERO_NOISE = {"anis2": {"gamma": 0.0}, "pni": {"alpha_init": 0.0}, "l2p": {"init": 0.0, "theta_min": 0.0}}
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+# The large models run the tests over every name at a fraction of their width: the same layers, seconds less
+# each (their full sizes are counted in tests/test_models_wide_vgg.py).
+LIGHT_WIDTH = {"wrn34_10": 0.25, "wrn28_10": 0.25, "wrn28_4": 0.25, "vgg16_bn": 0.125, "vgg16_bn_imagenet": 0.125}
 
 
 def _input_shape(name):
@@ -26,6 +29,7 @@ def _teacher(name, **kwargs):
     """An eval-mode model with non-trivial BatchNorm statistics, so that a dropped or reordered BN would show."""
     torch.manual_seed(0)
     channels = _input_shape(name)[0]
+    kwargs.setdefault("width", LIGHT_WIDTH.get(name, 1.0))
     model = build_model(name, in_channels=channels, mean=CIFAR_MEAN[:channels], std=CIFAR_STD[:channels], **kwargs)
     with torch.no_grad():
         for module in model.modules():
@@ -43,7 +47,7 @@ def _count(model):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_output_shape_for_its_input(name):
-    model = build_model(name, num_classes=7, in_channels=_input_shape(name)[0])
+    model = build_model(name, num_classes=7, in_channels=_input_shape(name)[0], width=LIGHT_WIDTH.get(name, 1.0))
     out = model(_example(name))
     assert out.shape == (2, 7) and out.dtype == torch.float32 and torch.isfinite(out).all()
 
@@ -83,7 +87,7 @@ def test_width_multiplies_the_resnet_channels(width):
 def test_normalization_is_the_first_layer(name):
     channels = _input_shape(name)[0]
     mean, std = CIFAR_MEAN[:channels], CIFAR_STD[:channels]
-    model = build_model(name, in_channels=channels, mean=mean, std=std).eval()
+    model = build_model(name, in_channels=channels, mean=mean, std=std, width=LIGHT_WIDTH.get(name, 1.0)).eval()
     first = next(model.children())
     assert isinstance(first, Normalize)
     assert torch.equal(model.state_dict()["normalize.mean"].flatten(), torch.tensor(mean))

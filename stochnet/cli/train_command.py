@@ -44,7 +44,12 @@ def add_parser(commands, argv):
     parser.add_argument("--train-subset", type=int, default=None, metavar="N",
                         help="train on a fixed random subset of N training images")
     parser.add_argument("--teacher", default=None, metavar="CKPT",
-                        help="checkpoint of the deterministic teacher (methods that start from one)")
+                        help="checkpoint of the deterministic teacher (anis2; refused by a method without one)")
+    parser.add_argument("--init", default=None, metavar="CKPT",
+                        help="start from the weights of a 'stochnet train' checkpoint of the same model, data and "
+                             "width, trained by a method without noise modules (standard, adv, trades, gaussian); "
+                             "a noisy method keeps its own noise parameters at their initial values. With --resume "
+                             "of a saved run its checkpoint's weights win")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier of the CIFAR ResNets")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     method = _method_in(argv)
@@ -66,7 +71,7 @@ def run(args):
         options = {name: getattr(parsed, name) for name in set_by_user}
         run_args = TrainRun(method=args.method, model=args.model, data=args.data, epochs=args.epochs,
                             batch_size=args.batch_size, out=args.out, data_dir=args.data_dir, seed=args.seed,
-                            train_subset=args.train_subset, teacher=args.teacher, width=args.width,
+                            train_subset=args.train_subset, teacher=args.teacher, init=args.init, width=args.width,
                             eval_batch_size=args.eval_batch_size, resume=args.resume, overwrite=args.overwrite,
                             device=args.device, options=options)
     train(run_args)

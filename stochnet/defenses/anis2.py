@@ -68,6 +68,10 @@ class ANIS2(AdversarialTraining):
     name = "anis2"
     Options = ANIS2Options
 
+    @classmethod
+    def uses_teacher(cls, options):
+        return options.teacher_init
+
     def build_model(self, model, example_input, teacher_state):
         o = self.options
         if o.teacher_init and teacher_state is None:

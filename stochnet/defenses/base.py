@@ -49,6 +49,11 @@ class Method:
 
     # -- what subclasses define ---------------------------------------------------------
 
+    @classmethod
+    def uses_teacher(cls, options):
+        """Whether ``build_model`` reads ``teacher_state`` under ``options``; the base: no."""
+        return False
+
     def build_model(self, model, example_input, teacher_state):
         """The module to train; the base trains ``model`` itself."""
         return model

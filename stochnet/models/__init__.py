@@ -5,6 +5,8 @@ from .mnist_cnn import MnistCNN
 from .normalize import Normalize
 from .preact_resnet import PreActBlock, PreActResNet
 from .registry import MODEL_NAMES, MODELS, build_model
+from .vgg import VGG, CifarVGG
+from .wide_resnet import WideBlock, WideResNet
 
 __all__ = ["build_model", "MODEL_NAMES", "MODELS", "Normalize", "CifarResNet", "PreActResNet", "PreActBlock",
-           "BasicNet", "MnistCNN"]
+           "BasicNet", "MnistCNN", "WideResNet", "WideBlock", "CifarVGG", "VGG"]

@@ -10,11 +10,13 @@ from .cifar_resnet import CifarResNet
 from .mnist_cnn import MnistCNN
 from .normalize import Normalize
 from .preact_resnet import PreActResNet
+from .vgg import VGG, CifarVGG
+from .wide_resnet import WideResNet
 
 
 class Architecture(NamedTuple):
     """A model by name: its class, its channels at width 1, and the extra leading arguments of the
-    class (blocks per stage for the ResNets)."""
+    class (blocks per stage for the ResNets, depth and widen factor for the Wide ResNets)."""
 
     cls: type
     channels: tuple
@@ -30,6 +32,11 @@ MODELS = Registry("model", {
     "preact_resnet18": Architecture(PreActResNet, (64, 128, 256, 512), ((2, 2, 2, 2),)),
     "basicnet": Architecture(BasicNet, (6, 16)),
     "mnist_cnn": Architecture(MnistCNN, (16, 32)),
+    "wrn34_10": Architecture(WideResNet, (16, 32, 64), (34, 10)),
+    "wrn28_10": Architecture(WideResNet, (16, 32, 64), (28, 10)),
+    "wrn28_4": Architecture(WideResNet, (16, 32, 64), (28, 4)),
+    "vgg16_bn": Architecture(CifarVGG, (64,)),
+    "vgg16_bn_imagenet": Architecture(VGG, (64,)),
 })
 MODEL_NAMES = MODELS.names()
 
@@ -70,6 +77,14 @@ def build_model(name, num_classes=10, in_channels=3, mean=None, std=None, width=
       Learn2Perturb's paper names.
     - ``basicnet``: the two-conv BasicNet of the student report (32x32 inputs).
     - ``mnist_cnn``: a small two-conv CNN for 28x28 MNIST.
+    - ``wrn34_10`` / ``wrn28_10`` / ``wrn28_4``: Wide ResNet WRN-depth-k (Zagoruyko & Komodakis
+      2016) for 32x32 inputs, pre-activation blocks, dropout 0; WRN-34-10 is the model of Madry
+      et al.'s and TRADES' CIFAR-10 adversarial training. ``width`` scales its 16/32/64 base
+      channels (before the widen factor k).
+    - ``vgg16_bn``: VGG-16 with BatchNorm for 32x32 inputs (13 conv layers, one linear layer
+      512 -> classes).
+    - ``vgg16_bn_imagenet``: torchvision's ``vgg16_bn`` (7x7 adaptive pool, 4096-4096 classifier)
+      for 224x224 inputs; pass ``num_classes=1000`` for ImageNet (the default here is 10).
 
     Example::
 
