@@ -160,8 +160,9 @@ def test_resume_after_an_interrupt_gives_the_uninterrupted_weights(tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     run = dict(TINY_ANIS2, epochs=1)
     train(TrainRun(out=str(tmp_path), **run), stream=io.StringIO())
-    with pytest.raises(CheckpointError, match="epochs"):
-        train(TrainRun(out=str(tmp_path), resume=True, **dict(run, epochs=3)), stream=io.StringIO())
+    with pytest.raises(CheckpointError, match="batch_size"):  # (more epochs extend the run: not another one)
+        train(TrainRun(out=str(tmp_path), resume=True, **dict(run, batch_size=run["batch_size"] * 2)),
+              stream=io.StringIO())
 
 
 def test_training_improves_over_the_start(tmp_path):

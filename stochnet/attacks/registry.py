@@ -71,6 +71,33 @@ ATTACKS = Registry("attack", {
     "autoattack-rand": AttackSpec("linf", lambda model, eps, s, k: AutoAttack(model, eps, version="rand")),
 })
 ATTACK_NAMES = ATTACKS.names()
+# The default budget of each attack, one line each: what ``stochnet eval --help`` lists.
+def _eps_text(defaults):
+    from fractions import Fraction
+
+    def show(value):  # 0.3, but 8/255
+        return f"{value:g}" if round(value, 4) == value else str(Fraction(value).limit_denominator(1000))
+
+    text = {data: show(value) for data, value in defaults.items()}
+    return f"eps {text['mnist']} MNIST / {text['cifar10']} CIFAR"
+
+
+_LINF, _L2 = _eps_text(DEFAULT_EPS), _eps_text(DEFAULT_EPS_L2)
+_STEPS = f"{AttackSettings.steps} steps of 2.5 eps/steps"
+ATTACK_BUDGETS = {
+    "fgsm": f"L-inf, {_LINF}, one step of eps",
+    "bim": f"L-inf, {_LINF}, {_STEPS}",
+    "pgd": f"L-inf, {_LINF}, {_STEPS}, random start",
+    "pgd-l2": f"L2, {_L2}, {_STEPS}, random start",
+    "mim": f"L-inf, {_LINF}, {_STEPS}, momentum 1.0",
+    "eot-pgd": f"L-inf, {_LINF}, {_STEPS} x EOT {AttackSettings.eot_samples}, random start",
+    "cw": f"L2 minimum norm, 5 binary-search rounds x {AttackSettings.cw_steps} Adam steps",
+    "deepfool": "L2 minimum norm, 50 steps, overshoot 0.02",
+    "boundary": f"L2 minimum norm, decision-based, {AttackSettings.queries} queries per image",
+    "autoattack": "L-inf, APGD-CE + APGD-T (100 steps) + Square (5000 queries)",
+    "autoattack-rand": "L-inf, APGD-CE + APGD-DLR, 100 steps x EOT 20, 5 checks",
+}
+assert set(ATTACK_BUDGETS) == set(ATTACK_NAMES), "every attack needs its budget line"
 TRANSFER_PREFIX = "transfer-"
 
 

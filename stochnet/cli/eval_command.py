@@ -1,9 +1,13 @@
 """``stochnet eval``: clean accuracy, robust accuracy and ASR of trained checkpoints under attacks."""
+import argparse
+import sys
+import textwrap
 import time
 from pathlib import Path
 
 import torch
 
+from ..attacks.registry import ATTACK_BUDGETS
 from .attack_specs import (ATTACK_NAMES, AttackSettings, crafting_attack, make_attack, make_transfer_attack,
                            parse_attack_names)
 from .errors import UsageError, user_values
@@ -11,13 +15,20 @@ from .output import check_writable, format_table, percent, write_json
 from .transfer_source import load_source
 
 
+_DESCRIPTION = (
+    "Evaluate each checkpoint against each attack: one table row per checkpoint x attack, "
+    "and OUT/eval.json. Stochastic models are evaluated --repeats times (mean and std). "
+    "A transfer attack, transfer-NAME, crafts its examples with the attack NAME on the "
+    "--source-checkpoint model and scores them on each --checkpoint model. "
+    "A progress bar per checkpoint x attack (images attacked over all repeats, images/s, "
+    "ETA) goes to stderr: plain lines when stderr is not a terminal.")
+
+
 def add_parser(commands, argv):
     parser = commands.add_parser(
         "eval", help="attack trained checkpoints: clean / robust accuracy and ASR",
-        description="Evaluate each checkpoint against each attack: one table row per checkpoint x attack, "
-                    "and OUT/eval.json. Stochastic models are evaluated --repeats times (mean and std). "
-                    "A transfer attack, transfer-NAME, crafts its examples with the attack NAME on the "
-                    "--source-checkpoint model and scores them on each --checkpoint model.")
+        description=textwrap.fill(_DESCRIPTION, 79),
+        epilog=attack_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", required=True, metavar="CKPT",
                         help="a checkpoint written by 'stochnet train' (repeat to compare several)")
     parser.add_argument("--attacks", default="fgsm,pgd,eot-pgd",
@@ -46,6 +57,15 @@ def add_parser(commands, argv):
     return parser
 
 
+def attack_epilog():
+    """``--help``'s list of the attacks with their default budgets, from the registry."""
+    width = max(len(name) for name in ATTACK_NAMES) + 1
+    lines = [f"  {name + ':':<{width}} {ATTACK_BUDGETS[name]}" for name in ATTACK_NAMES]
+    return ("attacks and their default budgets (--eps, --eps-l2, --alpha, --steps,\n"
+            "--eot-samples, --cw-steps and --queries change them):\n" + "\n".join(lines)
+            + f"\n  {'transfer-NAME:':<{width}} the attack NAME, crafted on --source-checkpoint")
+
+
 def run(args):
     from ..train.distributed import setup_ranks, teardown
 
@@ -66,6 +86,7 @@ def run(args):
 def _run(args, names, transfers, settings, ranks):
     from ..data import load_data
     from ..eval.distributed import any_over_ranks, max_over_ranks, shard_indices, sum_counts
+    from ..eval.progress import AttackProgress
     from ..eval.robust import robust_counts, summarize_counts
     from ..train import load_checkpoint, model_from_checkpoint
     from ..train.distributed import rank_seed
@@ -105,8 +126,14 @@ def _run(args, names, transfers, settings, ranks):
             # A transfer attack varies from repeat to repeat when either model draws noise.
             repeats = args.repeats if stochastic or (transfer and source_stochastic) else 1
             start = time.perf_counter()
-            counts = robust_counts(model, attack, loader, repeats=repeats, device=device,
-                                   allow_empty=ranks.distributed)
+            # Rank 0 alone shows a bar, of its own shard's images (the ranks advance together).
+            progress = AttackProgress(f"{label} {name}", len(test) * repeats, stream=sys.stderr,
+                                      enabled=ranks.is_main)
+            try:
+                counts = robust_counts(model, attack, loader, repeats=repeats, device=device,
+                                       allow_empty=ranks.distributed, progress=progress)
+            finally:
+                progress.close()
             seconds = max_over_ranks(time.perf_counter() - start, ranks)
             report = summarize_counts(sum_counts(counts, ranks))
             crafting = attack.source_attack if transfer else attack

@@ -26,12 +26,15 @@ def add_parser(commands, argv):
                     "--nproc_per_node=N -m stochnet train ... Each method has its own options: see "
                     "'stochnet train --method M --help'.")
     parser.add_argument("--method", required=True, choices=sorted(METHODS), help="training method")
-    parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="architecture")
-    parser.add_argument("--data", required=True, choices=DATASETS,
-                        help="dataset; mnist is the built-in 5000-image subset (no download)")
+    parser.add_argument("--model", default="mnist_cnn", choices=MODEL_NAMES,
+                        help="architecture (default: mnist_cnn)")
+    parser.add_argument("--data", default="mnist", choices=DATASETS,
+                        help="dataset (default: mnist, the built-in 5000-image subset, no download)")
     parser.add_argument("--data-dir", default=None,
                         help="folder of the CIFAR datasets in torchvision's on-disk format")
-    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--epochs", type=int, required=True,
+                        help="total epochs of the run; with --resume it may differ from the checkpoint's "
+                             "(at least the epochs done): the run continues to the new total")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--eval-batch-size", type=int, default=256, help="batch size of the final test pass")
     parser.add_argument("--out", required=True, help="run folder: checkpoint.pt and metrics.json")

@@ -69,6 +69,17 @@ class ANIS2(AdversarialTraining):
     Options = ANIS2Options
 
     @classmethod
+    def epoch_schedules(cls, options, epochs):
+        schedules = super().epoch_schedules(options, epochs)
+        if options.gamma_max != options.gamma_init:
+            o = options
+            k = o.r * (o.gamma_max - o.gamma_init) / epochs
+            final = anis2_gamma(epochs, o.gamma_init, o.gamma_max, o.r, epochs)
+            schedules["gamma ramp"] = (f"gamma {o.gamma_init:g} + {k:.4g} every {o.r} epoch(s), "
+                                       f"{final:.4g} after epoch {epochs}")
+        return schedules
+
+    @classmethod
     def uses_teacher(cls, options):
         return options.teacher_init
 

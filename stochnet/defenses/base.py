@@ -50,6 +50,16 @@ class Method:
     # -- what subclasses define ---------------------------------------------------------
 
     @classmethod
+    def epoch_schedules(cls, options, epochs):
+        """The schedules whose shape depends on the run's total ``epochs``, as ``{name: layout}``
+        (the layout for ``epochs``, 1-based epoch numbers); empty when none does. The base: the lr
+        milestones when one is a fraction of the epochs."""
+        if not any(m < 1 for m in options.lr_milestones):
+            return {}
+        drops = ", ".join(str(m + 1) for m in milestone_epochs(options.lr_milestones, epochs))
+        return {"lr milestones": f"lr x{options.lr_gamma:g} from epoch(s) {drops}"}
+
+    @classmethod
     def uses_teacher(cls, options):
         """Whether ``build_model`` reads ``teacher_state`` under ``options``; the base: no."""
         return False

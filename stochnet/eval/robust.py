@@ -35,12 +35,14 @@ def robust_accuracy(model, attack, loader, repeats=1, device=None):
     return summarize_counts(robust_counts(model, attack, loader, repeats=repeats, device=device))
 
 
-def robust_counts(model, attack, loader, repeats=1, device=None, allow_empty=False):
+def robust_counts(model, attack, loader, repeats=1, device=None, allow_empty=False, progress=None):
     """The counts behind :func:`robust_accuracy`: one dict per repeat with the integers
     :data:`COUNT_KEYS`. Counts of disjoint shards of a test set add up to the counts of the whole
     set, so processes that each evaluate a shard can sum them (``torch.distributed.all_reduce``)
     and summarize once. ``allow_empty`` lets a loader yield no samples (a shard of nothing): every
-    count is then 0; otherwise an empty loader raises ValueError."""
+    count is then 0; otherwise an empty loader raises ValueError. ``progress`` (None: silent), if
+    given, is called with the number of images of each batch once it is attacked and scored, e.g.
+    :class:`stochnet.eval.progress.AttackProgress`."""
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     if getattr(attack, "targeted", False):
@@ -65,6 +67,8 @@ def robust_counts(model, attack, loader, repeats=1, device=None, allow_empty=Fal
             clean_correct += int(clean_ok.sum())
             adv_correct += int(adv_ok.sum())
             flipped += int((clean_ok & ~adv_ok).sum())
+            if progress is not None:
+                progress(y.numel())
         if total == 0 and not allow_empty:
             raise ValueError("loader yielded no samples")
         counts.append({"total": total, "clean_correct": clean_correct, "adv_correct": adv_correct,

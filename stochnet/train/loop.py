@@ -25,7 +25,9 @@ from .progress import EpochProgress
 from .run_folder import CHECKPOINT, METRICS, RunFolderError, claim_run_folder, remove_previous_run
 
 # The arguments that define a run: resuming with any of them changed would not continue the same run.
-RUN_DEFINING = ("method", "model", "data", "epochs", "batch_size", "seed", "train_subset", "width", "options")
+# --epochs is not one: a resume may change it to any number >= the epochs the checkpoint has done
+# (see _check_same_run); a schedule laid out on the total epochs is then laid out again on the new one.
+RUN_DEFINING = ("method", "model", "data", "batch_size", "seed", "train_subset", "width", "options")
 
 
 @dataclass
@@ -116,7 +118,8 @@ def _set_up(run, ranks, stream):
     _check_starting_weights(run)
     if run.resume and checkpoint_path.exists():
         resumed = load_checkpoint(checkpoint_path)
-        _check_same_run(resumed["args"], run)
+        _check_same_run(resumed["args"], run, resumed["epoch"])
+        _warn_epochs_changed(resumed["args"], run, resumed["epoch"], ranks, stream)
     elif run.resume:
         _log(ranks, stream, f"no checkpoint at {checkpoint_path}: starting afresh")
     init = None
@@ -266,7 +269,7 @@ def _seed_everything(seed):
     np.random.seed(seed % 2**32)
 
 
-def _check_same_run(stored, run):
+def _check_same_run(stored, run, epochs_done):
     current = asdict(run)
     changed = [f"{key} ({stored.get(key)!r} -> {current[key]!r})" for key in RUN_DEFINING
                if stored.get(key) != current[key]]
@@ -275,6 +278,31 @@ def _check_same_run(stored, run):
         changed.append(f"init ({stored.get('init')!r} -> {run.init!r})")
     if changed:
         raise CheckpointError(f"--resume: the checkpoint in {run.out!r} is of another run; changed: {', '.join(changed)}")
+    if run.epochs < epochs_done:
+        planned = "" if stored.get("epochs") == epochs_done else f" of the {stored.get('epochs')!r} it was run for"
+        raise CheckpointError(f"--resume: --epochs {run.epochs} is fewer than the {epochs_done} epoch(s){planned} the "
+                              f"checkpoint in {run.out!r} has done: pass --epochs >= {epochs_done}")
+
+
+def _warn_epochs_changed(stored, run, epochs_done, ranks, stream):
+    """One line when a resume changes --epochs and the method lays a schedule out on the total epochs.
+
+    The method is built for the new total (``build_method(epochs=run.epochs)``) and every schedule
+    is a pure function of the epoch, so from the first resumed epoch on the lr (and ANIS²'s gamma)
+    follow the new layout; the values the checkpoint ended with are not carried over."""
+    old = stored.get("epochs")
+    if old == run.epochs or epochs_done >= run.epochs:
+        return  # the same layout, or no epoch left to train
+    cls = METHODS[run.method]
+    options = parse_options(cls.Options, dict(run.options))
+    before, after = cls.epoch_schedules(options, old), cls.epoch_schedules(options, run.epochs)
+    if not after:
+        return
+    names = " and ".join(after)
+    _log(ranks, stream, f"--resume: --epochs {old} -> {run.epochs}: the {names} of --method {run.method} were laid "
+                        f"out for {old} epochs ({'; '.join(before.values())}) and are now laid out for "
+                        f"{run.epochs} ({'; '.join(after.values())}); epochs {epochs_done + 1}-{run.epochs} "
+                        f"follow the new layout, not the values the checkpoint ended with")
 
 
 def _check_starting_weights(run):
