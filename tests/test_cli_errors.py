@@ -10,25 +10,14 @@ import stochnet.smoothing
 import stochnet.train
 from stochnet.cli.errors import UsageError, user_values
 from stochnet.cli.main import main
+from cli_runs import TINY_TRAIN, one_error_line, tiny_checkpoint
 
-TRAIN = ["train", "--method", "standard", "--model", "mnist_cnn", "--data", "mnist", "--epochs", "1", "--batch-size",
-         "16", "--train-subset", "32", "--eval-batch-size", "500", "--device", "cpu", "--lr", "0.05"]
+TRAIN = TINY_TRAIN
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main([*TRAIN, "--out", str(out)]) == 0
-    return str(out / "checkpoint.pt")
-
-
-def _one_error_line(capsys, argv, match):
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert lines[-1].startswith("stochnet: error: ") and match in lines[-1], captured.err
-    assert sum(line.startswith("stochnet:") for line in lines) == 1
-    assert "Traceback" not in captured.err + captured.out
+    return tiny_checkpoint(tmp_path_factory.mktemp("run"))
 
 
 def _bug(*args, **kwargs):
@@ -76,7 +65,7 @@ def test_a_bug_while_certifying_propagates(checkpoint, monkeypatch, tmp_path):
 def test_user_values_the_library_rejects_stay_one_line(checkpoint, tmp_path, capsys, argv, match):
     command, *rest = argv
     device = [] if "--device" in rest else ["--device", "cpu"]
-    _one_error_line(capsys, [command, "--checkpoint", checkpoint, *rest, *device, "--limit", "2",
+    one_error_line(capsys, [command, "--checkpoint", checkpoint, *rest, *device, "--limit", "2",
                              "--out", str(tmp_path / "out")], match)
 
 
@@ -106,4 +95,4 @@ def test_a_bug_while_training_propagates(monkeypatch, tmp_path):
     (["--device", "tpu"], "tpu"),                 # the device choice in the set-up
 ])
 def test_training_values_the_library_rejects_stay_one_line(tmp_path, capsys, argv, match):
-    _one_error_line(capsys, [*TRAIN, *argv, "--out", str(tmp_path / "run")], match)
+    one_error_line(capsys, [*TRAIN, *argv, "--out", str(tmp_path / "run")], match)

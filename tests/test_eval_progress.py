@@ -8,16 +8,11 @@ import torch
 from stochnet.attacks.registry import ATTACKS
 from stochnet.cli.main import main
 from stochnet.eval.robust import robust_counts
-
-TRAIN = ["train", "--method", "standard", "--model", "mnist_cnn", "--data", "mnist", "--epochs", "1", "--batch-size",
-         "16", "--train-subset", "32", "--eval-batch-size", "500", "--device", "cpu", "--lr", "0.05"]
-
+from cli_runs import tiny_checkpoint
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main([*TRAIN, "--out", str(out)]) == 0
-    return str(out / "checkpoint.pt")
+    return tiny_checkpoint(tmp_path_factory.mktemp("run"))
 
 
 def test_help_lists_every_attack_with_its_budget(capsys):

@@ -18,6 +18,7 @@ from stochnet.cli.main import main
 from stochnet.train import TrainRun, load_checkpoint, loop
 from stochnet.train.distributed import Ranks
 from stochnet.train.run_folder import RunFolderError, claim_run_folder
+from cli_runs import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train", "--method", "standard", "--model", "mnist_cnn", "--data", "mnist", "--epochs", "1",
@@ -38,19 +39,6 @@ def _copy(run, tmp_path):
     return out
 
 
-def _error_line(capsys, argv):
-    try:
-        status = main(argv)
-    except SystemExit as exit_info:  # what argparse's errors raise
-        status = exit_info.code
-    assert status == 2
-    captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if line.startswith("stochnet:")]
-    assert len(errors) == 1 and errors[0] == captured.err.strip().splitlines()[-1], captured.err
-    assert errors[0].startswith("stochnet: error: ") and "Traceback" not in captured.err
-    return errors[0]
-
-
 def _no_data_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the data was loaded")
@@ -62,7 +50,7 @@ def test_a_folder_holding_a_run_is_refused_before_any_work_unless_resumed(finish
     before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "metrics.json")}
     with monkeypatch.context() as patch:
         _no_data_loading(patch)
-        line = _error_line(capsys, [*TINY, "--seed", "1", "--out", str(out)])
+        line = one_error_line(capsys, [*TINY, "--seed", "1", "--out", str(out)])
     assert "--out" in line and str(out) in line and "--resume" in line and "--overwrite" in line
     assert {name: (out / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json"]  # the lock is gone too
@@ -72,7 +60,7 @@ def test_a_folder_holding_a_run_is_refused_before_any_work_unless_resumed(finish
     shutil.copy(out / "metrics.json", metrics_only)
     with monkeypatch.context() as patch:
         _no_data_loading(patch)
-        assert "already holds a run (metrics.json)" in _error_line(capsys, [*TINY, "--out", str(metrics_only)])
+        assert "already holds a run (metrics.json)" in one_error_line(capsys, [*TINY, "--out", str(metrics_only)])
 
     assert main([*TINY, "--out", str(out), "--resume"]) == 0  # today's behaviour: continues the run
     assert "resuming" in capsys.readouterr().err
@@ -82,7 +70,7 @@ def test_overwrite_replaces_the_run_only_once_the_new_one_starts(finished, tmp_p
     out = _copy(finished, tmp_path)
     before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "metrics.json")}
     # A set-up that fails (a teacher that does not exist) leaves the old run as it was.
-    line = _error_line(capsys, ["train", "--method", "anis2", *TINY[3:], "--teacher", str(tmp_path / "none.pt"),
+    line = one_error_line(capsys, ["train", "--method", "anis2", *TINY[3:], "--teacher", str(tmp_path / "none.pt"),
                                 "--out", str(out), "--overwrite"])
     assert "does not exist" in line
     assert {name: (out / name).read_bytes() for name in before} == before
@@ -94,7 +82,7 @@ def test_overwrite_replaces_the_run_only_once_the_new_one_starts(finished, tmp_p
 
 
 def test_resume_and_overwrite_exclude_each_other(tmp_path, capsys):
-    line = _error_line(capsys, [*TINY, "--out", str(tmp_path), "--resume", "--overwrite"])
+    line = one_error_line(capsys, [*TINY, "--out", str(tmp_path), "--resume", "--overwrite"])
     assert "--resume" in line and "--overwrite" in line
     with pytest.raises(ValueError, match="--resume and --overwrite exclude each other"):
         TrainRun(method="standard", model="mnist_cnn", data="mnist", epochs=1, batch_size=8, out=str(tmp_path),
@@ -116,7 +104,7 @@ def test_a_folder_another_training_holds_is_refused_with_any_flag(tmp_path, caps
     try:
         with monkeypatch.context() as patch:
             _no_data_loading(patch)
-            line = _error_line(capsys, [*TINY, "--out", str(out), *flag])
+            line = one_error_line(capsys, [*TINY, "--out", str(out), *flag])
         assert "another training" in line and "--out" in line and str(out) in line
     finally:
         os.close(descriptor)
@@ -153,7 +141,7 @@ def test_a_second_training_is_refused_while_the_first_runs_and_a_killed_one_free
             time.sleep(0.2)
         before = (out / "checkpoint.pt").read_bytes()
         for flags in ([], ["--resume"], ["--overwrite"]):
-            line = _error_line(capsys, [*TINY, "--epochs", "2", "--out", str(out), *flags])
+            line = one_error_line(capsys, [*TINY, "--epochs", "2", "--out", str(out), *flags])
             assert "is in use: another training" in line and f"pid {first.pid}" in line
         assert (out / "checkpoint.pt").read_bytes() == before
     finally:

@@ -7,24 +7,13 @@ import pytest
 
 from stochnet.cli.main import main
 from stochnet.train import load_checkpoint
+from cli_runs import one_error_line
 
 TINY = ["--batch-size", "16", "--train-subset", "32", "--eval-batch-size", "500", "--device", "cpu"]
 # --model and --data given, so the resume tests test the resume alone.
 EXPLICIT = ["--model", "mnist_cnn", "--data", "mnist"]
 ANIS2 = ["train", "--method", "anis2", *EXPLICIT, *TINY, "--no-teacher-init", "--steps", "1", "--eps", "0.1",
          "--step-size", "0.05", "--lr", "0.05"]
-
-
-def _error_line(capsys, argv):
-    try:
-        status = main(argv)
-    except SystemExit as exit_info:  # what argparse's errors raise
-        status = exit_info.code
-    assert status == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("stochnet:")]
-    assert len(errors) == 1 and errors[0] == err.strip().splitlines()[-1], err
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +68,17 @@ def test_resume_with_more_epochs_and_no_epoch_dependent_schedule_warns_nothing(t
     assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
 
 
-def test_resume_with_fewer_epochs_than_done_is_one_error_line(anis2_run, tmp_path, capsys):
+def test_resume_with_fewer_epochs_than_done_is_oneone_error_line(anis2_run, tmp_path, capsys):
     out = _copy(anis2_run, tmp_path)
     before = (out / "checkpoint.pt").read_bytes()
-    line = _error_line(capsys, [*ANIS2, "--epochs", "1", "--out", str(out), "--resume"])
+    line = one_error_line(capsys, [*ANIS2, "--epochs", "1", "--out", str(out), "--resume"])
     assert "--epochs 1 is fewer than the 2 epoch(s)" in line and "another run" not in line
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
 def test_resume_still_refuses_other_changes(anis2_run, tmp_path, capsys):
     out = _copy(anis2_run, tmp_path)
-    line = _error_line(capsys, [*ANIS2, "--epochs", "4", "--out", str(out), "--resume", "--seed", "7"])
+    line = one_error_line(capsys, [*ANIS2, "--epochs", "4", "--out", str(out), "--resume", "--seed", "7"])
     assert "another run" in line
     changed = line.split("changed:", 1)[1]
     assert "seed" in changed and "epochs" not in changed

@@ -4,9 +4,9 @@ method without a teacher instead of being silently ignored."""
 import pytest
 import torch
 
-from stochnet.cli.main import main
 from stochnet.defenses import METHODS
 from stochnet.train import CheckpointError, TrainRun, load_checkpoint, save_checkpoint, train
+from cli_runs import one_error_line
 
 TINY = dict(model="mnist_cnn", data="mnist", epochs=1, batch_size=16, train_subset=32, eval_batch_size=500,
             device="cpu")
@@ -67,36 +67,27 @@ def test_without_init_a_method_starts_elsewhere(source, tmp_path, monkeypatch):
     assert any(not torch.equal(start[k], v) for k, v in expected.items())
 
 
-def _one_error_line(capsys, argv, match):
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert lines[-1].startswith("stochnet: error: ") and match in lines[-1], captured.err
-    assert sum(line.startswith("stochnet:") for line in lines) == 1
-    assert "Traceback" not in captured.err + captured.out
-
-
 @pytest.mark.parametrize("method, extra", [("adv", []), ("pni", []), ("l2p", []), ("trades", []),
                                            ("standard", []), ("anis2", ["--no-teacher-init"])])
-def test_teacher_on_a_method_without_one_is_one_error_line(method, extra, source, tmp_path, capsys):
+def test_teacher_on_a_method_without_one_isone_error_line(method, extra, source, tmp_path, capsys):
     out = tmp_path / "run"
-    _one_error_line(capsys, [*TRAIN, "--method", method, *extra, "--teacher", source, "--out", str(out)],
+    one_error_line(capsys, [*TRAIN, "--method", method, *extra, "--teacher", source, "--out", str(out)],
                     "--init CKPT")
     assert not (out / "checkpoint.pt").exists()
 
 
 def test_init_and_teacher_together_are_refused(source, tmp_path, capsys):
-    _one_error_line(capsys, [*TRAIN, "--method", "anis2", "--teacher", source, "--init", source,
+    one_error_line(capsys, [*TRAIN, "--method", "anis2", "--teacher", source, "--init", source,
                              "--out", str(tmp_path / "run")], "pass one")
 
 
-def test_init_from_a_noisy_checkpoint_is_one_error_line(source, tmp_path, capsys):
+def test_init_from_a_noisy_checkpoint_isone_error_line(source, tmp_path, capsys):
     state = load_checkpoint(source)
     state["args"]["method"] = "pni"
     state["model"]["conv1.alpha"] = torch.tensor(0.25)
     noisy = tmp_path / "noisy.pt"
     save_checkpoint(noisy, state)
-    _one_error_line(capsys, [*TRAIN, "--method", "adv", "--init", str(noisy), "--out", str(tmp_path / "run")],
+    one_error_line(capsys, [*TRAIN, "--method", "adv", "--init", str(noisy), "--out", str(tmp_path / "run")],
                     "does not fit the plain mnist_cnn")
 
 
