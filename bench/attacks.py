@@ -24,7 +24,6 @@ import math
 import os
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 
 import torch
@@ -182,11 +181,7 @@ class _Recorder:
 
 
 def _timed_once(fn, device):
-    harness.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    harness.synchronize(device)
-    return time.perf_counter() - start
+    return harness._sample(fn, device, 1)
 
 
 def _timings(recorders, device, x, repeats, first_s):

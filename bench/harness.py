@@ -2,12 +2,12 @@
 
 An op benchmark builds :class:`Contender` s (one iteration of work each; :func:`op_functions`
 and :func:`op_contender` for a fused op against eager and compiled PyTorch) and calls
-:func:`compare` (or :func:`tensor_cases`), which times them round-robin next to a
+:func:`compare` (through :func:`bench.cases.time_case`), which times them round-robin next to a
 ``dst.copy_(src)`` of the same size (the machine's copy bandwidth, measured under the same
 conditions), and returns rows with medians, quartiles, ratios against the reference
 contenders, and achieved bandwidth.
 :func:`report` assembles a report of such cases, :func:`format_report` prints it,
-:func:`write_json` stores it.
+:func:`stochnet.output.write_json` stores it.
 """
 import gc
 import math

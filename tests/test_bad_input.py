@@ -25,13 +25,19 @@ def _x(*shape, dtype=torch.float32):
 
 # ---------------------------------------------------------------------------- devices (item 1)
 
-NOISE_CALLS = {
-    "perturb": lambda x, backend, philox: F.perturb(x, torch.zeros(3, device=DEVICE), backend=backend, philox=philox),
-    "noisy_repeat": lambda x, backend, philox: F.noisy_repeat(x, 2, 0.0, backend=backend, philox=philox),
-    "stoc_relu_ema": lambda x, backend, philox: F.stoc_relu_ema(x, torch.zeros(3, device=DEVICE), 0.1,
-                                                                backend=backend, philox=philox),
-    "random_start": lambda x, backend, philox: F.random_start(x, 0.0, backend=backend, philox=philox),
-}
+def _noise_calls(scale):
+    """The public noise ops, each with its noise scaled by ``scale`` (0: the output does not depend on it)."""
+    return {
+        "perturb": lambda x, backend, philox: F.perturb(x, torch.full((3,), scale, device=DEVICE), backend=backend,
+                                                        philox=philox),
+        "noisy_repeat": lambda x, backend, philox: F.noisy_repeat(x, 2, scale, backend=backend, philox=philox),
+        "stoc_relu_ema": lambda x, backend, philox: F.stoc_relu_ema(x, torch.full((3,), scale, device=DEVICE), 0.5,
+                                                                    backend=backend, philox=philox),
+        "random_start": lambda x, backend, philox: F.random_start(x, 0.1 * scale, backend=backend, philox=philox),
+    }
+
+
+NOISE_CALLS = _noise_calls(0.0)
 
 
 @pytest.mark.parametrize("call", NOISE_CALLS.values(), ids=NOISE_CALLS.keys())
@@ -193,13 +199,7 @@ def test_negative_seeds_and_offsets_are_rejected(backend, call, philox):
         call(torch.zeros(2, 3, 4, device=DEVICE), backend, torch.tensor(philox))
 
 
-NOISY_CALLS = {
-    "perturb": lambda x, backend, philox: F.perturb(x, torch.ones(3, device=DEVICE), backend=backend, philox=philox),
-    "noisy_repeat": lambda x, backend, philox: F.noisy_repeat(x, 2, 1.0, backend=backend, philox=philox),
-    "stoc_relu_ema": lambda x, backend, philox: F.stoc_relu_ema(x, torch.ones(3, device=DEVICE), 0.5,
-                                                                backend=backend, philox=philox),
-    "random_start": lambda x, backend, philox: F.random_start(x, 0.1, backend=backend, philox=philox),
-}
+NOISY_CALLS = _noise_calls(1.0)
 
 
 @pytest.mark.parametrize("call", NOISY_CALLS.values(), ids=NOISY_CALLS.keys())

@@ -7,6 +7,7 @@ model and evaluated on the target (:func:`make_transfer_attack`).
 """
 import dataclasses
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable, NamedTuple
 
 from ..registry import Registry
@@ -71,10 +72,9 @@ ATTACKS = Registry("attack", {
     "autoattack-rand": AttackSpec("linf", lambda model, eps, s, k: AutoAttack(model, eps, version="rand")),
 })
 ATTACK_NAMES = ATTACKS.names()
-# The default budget of each attack, one line each: what ``stochnet eval --help`` lists.
-def _eps_text(defaults):
-    from fractions import Fraction
 
+
+def _eps_text(defaults):
     def show(value):  # 0.3, but 8/255
         return f"{value:g}" if round(value, 4) == value else str(Fraction(value).limit_denominator(1000))
 
@@ -82,6 +82,7 @@ def _eps_text(defaults):
     return f"eps {text['mnist']} MNIST / {text['cifar10']} CIFAR"
 
 
+# The default budget of each attack, one line each: what ``stochnet eval --help`` lists.
 _LINF, _L2 = _eps_text(DEFAULT_EPS), _eps_text(DEFAULT_EPS_L2)
 _STEPS = f"{AttackSettings.steps} steps of 2.5 eps/steps"
 ATTACK_BUDGETS = {

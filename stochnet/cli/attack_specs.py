@@ -1,11 +1,11 @@
 """``--attacks``: the names ``stochnet eval`` takes. The attacks themselves, their budgets and builders
-live in :mod:`stochnet.attacks.registry` (re-exported here).
+live in :mod:`stochnet.attacks.registry`; :class:`AttackSettings`, :func:`make_attack` and
+:func:`make_transfer_attack` are re-exported here.
 
 ``transfer-NAME`` is the attack NAME crafted on a source model and evaluated on the target.
 """
-from ..attacks.registry import (ATTACK_NAMES, ATTACKS, DEFAULT_EPS, DEFAULT_EPS_L2, TRANSFER_PREFIX,  # noqa: F401
-                                AttackSettings, AttackSpec, crafting_attack, is_attack_name, make_attack,
-                                make_transfer_attack)
+from ..attacks.registry import ATTACK_NAMES, TRANSFER_PREFIX, is_attack_name
+from ..attacks.registry import AttackSettings, make_attack, make_transfer_attack  # noqa: F401 (re-exported)
 from .errors import UsageError
 
 _CHOICES = f"{', '.join(ATTACK_NAMES)}, or {TRANSFER_PREFIX}NAME for any of them"

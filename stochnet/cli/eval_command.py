@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..attacks.registry import ATTACK_BUDGETS
-from .attack_specs import (ATTACK_NAMES, AttackSettings, crafting_attack, make_attack, make_transfer_attack,
-                           parse_attack_names)
+from ..attacks.registry import (ATTACK_BUDGETS, ATTACK_NAMES, AttackSettings, crafting_attack, make_attack,
+                                make_transfer_attack)
+from .attack_specs import parse_attack_names
 from .errors import UsageError, user_values
 from .output import check_writable, format_table, percent, write_json
 from .transfer_source import load_source

@@ -1,8 +1,8 @@
 """Evaluation sharded over ``torchrun`` processes: each rank scores its shard of the test images,
 the counts are summed over ranks, and rank 0 summarizes them as one process would."""
-import torch
 import torch.distributed as dist
 
+from ..train.distributed import reduce_over_ranks
 from .robust import COUNT_KEYS
 
 
@@ -17,22 +17,11 @@ def shard_indices(num_samples, rank=0, world_size=1):
     return range(start, min(start + per_rank, num_samples))
 
 
-def _reduce(values, ranks, op):
-    """``values`` (a list of numbers) reduced element-wise over all ranks with ``op`` (float64:
-    exact for integer counts below 2**53); the list itself on one process."""
-    if not ranks.distributed:
-        return [float(v) for v in values]
-    device = ranks.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=op)
-    return tensor.tolist()
-
-
 def sum_counts(counts, ranks):
     """Per-repeat counts (:func:`stochnet.eval.robust.robust_counts`) summed over ranks. Every rank
     must call it with the same number of repeats, a rank with an empty shard included."""
     flat = [c[key] for c in counts for key in COUNT_KEYS]
-    summed = _reduce(flat, ranks, dist.ReduceOp.SUM)
+    summed = reduce_over_ranks(flat, ranks, dist.ReduceOp.SUM)
     width = len(COUNT_KEYS)
     return [{key: int(round(summed[i * width + j])) for j, key in enumerate(COUNT_KEYS)}
             for i in range(len(counts))]
@@ -40,9 +29,9 @@ def sum_counts(counts, ranks):
 
 def max_over_ranks(value, ranks):
     """The largest ``value`` over ranks (e.g. a row's seconds: the slowest rank's)."""
-    return _reduce([value], ranks, dist.ReduceOp.MAX)[0]
+    return reduce_over_ranks([value], ranks, dist.ReduceOp.MAX)[0]
 
 
 def any_over_ranks(flag, ranks):
     """Whether ``flag`` is true on any rank (so that all ranks take the same decision)."""
-    return bool(_reduce([1.0 if flag else 0.0], ranks, dist.ReduceOp.MAX)[0])
+    return bool(reduce_over_ranks([1.0 if flag else 0.0], ranks, dist.ReduceOp.MAX)[0])

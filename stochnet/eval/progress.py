@@ -7,7 +7,7 @@ fold both into one shared class.
 import sys
 import time
 
-from ..train.progress import _is_terminal
+from ..train.progress import is_terminal
 
 
 class AttackProgress:
@@ -28,7 +28,7 @@ class AttackProgress:
         self.log_images = max(1, round(self.total * log_every))
         self.next_log = self.log_images
         self.bar = None
-        if enabled and _is_terminal(self.stream):
+        if enabled and is_terminal(self.stream):
             from tqdm import tqdm
             self.bar = tqdm(total=self.total, desc=label, unit="img", file=self.stream, leave=True,
                             dynamic_ncols=True)

@@ -3,6 +3,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from ..nn.convert import InjectionSite
+from .init import init_conv_weights
 
 
 class CifarResNet(nn.Module):
@@ -34,9 +35,7 @@ class CifarResNet(nn.Module):
         self.num_stages = len(stage_channels)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self)
 
     def forward(self, x):
         x = self.relu(self.stem_noise(self.bn1(self.conv1(self.normalize(x)))))

@@ -2,6 +2,7 @@
 from torch import nn
 
 from ..nn.convert import InjectionSite
+from .init import init_conv_weights
 
 
 class PreActBlock(nn.Module):
@@ -60,9 +61,7 @@ class PreActResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self)
 
     def forward(self, x):
         x = self.stem_noise(self.conv1(self.normalize(x)))

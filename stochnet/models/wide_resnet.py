@@ -5,6 +5,7 @@ import numbers
 from torch import nn
 
 from ..nn.convert import InjectionSite
+from .init import init_conv_weights
 from .normalize import Normalize
 from .preact_resnet import PreActBlock
 
@@ -68,11 +69,8 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        init_conv_weights(self)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x):
         x = self.stem_noise(self.conv1(self.normalize(x)))

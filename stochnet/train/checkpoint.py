@@ -71,6 +71,11 @@ SCHEMA = {
 }
 
 
+def non_finite_tensors(state_dict):
+    """The names of the floating-point tensors of ``state_dict`` that hold NaN or inf, in order."""
+    return [name for name, t in state_dict.items() if t.is_floating_point() and not t.isfinite().all()]
+
+
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or not a stochnet checkpoint."""
 

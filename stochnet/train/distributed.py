@@ -69,14 +69,20 @@ def barrier(ranks):
         dist.barrier()
 
 
-def sum_over_ranks(values, ranks):
-    """Element-wise sum of a list of numbers over all ranks (the list itself on one process)."""
+def reduce_over_ranks(values, ranks, op=dist.ReduceOp.SUM):
+    """A list of numbers reduced element-wise over all ranks with ``op`` (in float64: exact for integer
+    counts below 2**53); the list itself on one process."""
     if not ranks.distributed:
         return list(values)
     device = ranks.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=op)
     return tensor.tolist()
+
+
+def sum_over_ranks(values, ranks):
+    """Element-wise sum of a list of numbers over all ranks (the list itself on one process)."""
+    return reduce_over_ranks(values, ranks)
 
 
 def gather_objects(value, ranks):

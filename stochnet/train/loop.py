@@ -19,7 +19,7 @@ from ..modes import eval_mode
 from ..nn.stoc_relu_ema import sync_stoc_relu, warn_skipped_updates
 from ..output import write_json
 from .checkpoint import (CheckpointError, apply_noise_attributes, capture_rng_state, load_checkpoint,
-                         noise_attributes, restore_rng_state, save_checkpoint)
+                         noise_attributes, non_finite_tensors, restore_rng_state, save_checkpoint)
 from .distributed import EpochSampler, barrier, gather_objects, rank_seed, setup_ranks, sum_over_ranks, teardown
 from .progress import EpochProgress
 from .run_folder import CHECKPOINT, METRICS, RunFolderError, claim_run_folder, remove_previous_run
@@ -333,7 +333,7 @@ def _start_checkpoint(path, flag, run):
 def _load_init(model, checkpoint, run):
     """Load the --init checkpoint's weights into the plain architecture ``model`` (strictly)."""
     state = checkpoint["model"]
-    not_finite = [name for name, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
+    not_finite = non_finite_tensors(state)
     if not_finite:
         raise CheckpointError(f"--init {run.init!r}: the checkpoint's weights are not finite "
                               f"({len(not_finite)} tensor(s), the first {not_finite[0]!r})")

@@ -22,7 +22,7 @@ class EpochProgress:
         self.start = time.perf_counter()
         self.log_steps = max(1, round(steps * log_every))
         self.bar = None
-        if enabled and _is_terminal(self.stream):
+        if enabled and is_terminal(self.stream):
             from tqdm import tqdm
             self.bar = tqdm(total=steps, desc=self._label(), file=self.stream, leave=True, dynamic_ncols=True)
 
@@ -60,6 +60,7 @@ class EpochProgress:
         return self.summary()
 
 
-def _is_terminal(stream):
+def is_terminal(stream):
+    """Whether ``stream`` is a terminal (has an ``isatty`` that says so)."""
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())

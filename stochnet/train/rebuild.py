@@ -3,7 +3,7 @@ import torch
 
 from ..defenses import build_method
 from ..models import build_model
-from .checkpoint import CheckpointError, apply_noise_attributes
+from .checkpoint import CheckpointError, apply_noise_attributes, non_finite_tensors
 
 
 def model_from_checkpoint(state, device="cpu"):
@@ -15,7 +15,7 @@ def model_from_checkpoint(state, device="cpu"):
     loaded. A checkpoint whose weights do not fit that architecture, or are not finite (the
     model of a diverged run: its NaN outputs would also pass for noise), raises CheckpointError.
     """
-    not_finite = [name for name, t in state["model"].items() if t.is_floating_point() and not t.isfinite().all()]
+    not_finite = non_finite_tensors(state["model"])
     if not_finite:
         raise CheckpointError(f"the checkpoint's weights are not finite: {len(not_finite)} tensor(s) hold NaN or "
                               f"inf, the first {not_finite[0]!r}")
