@@ -24,9 +24,24 @@ inline Layout layout_of(const at::Tensor& x) {
   return Layout::kRows;  // checked to be channels-last by check_dense
 }
 
-// The (seed, offset) pair of a noise op, as the Python layer takes it: both non-negative.
-inline void check_seed(int64_t seed, int64_t offset) {
-  TORCH_CHECK(seed >= 0 && offset >= 0, "seed and offset must be >= 0, got (", seed, ", ", offset, ")");
+// The (seed, offset) of a noise op.
+struct PhiloxPair {
+  uint64_t seed;
+  uint64_t offset;
+};
+
+// `philox` as stochnet.ops.philox.draw_seed makes it: an int64 CPU tensor of shape (2,) holding
+// (seed, offset), both >= 0 (stochnet/ops/checks.py checks the same in Python).
+inline PhiloxPair philox_pair(const at::Tensor& philox) {
+  TORCH_CHECK_VALUE(philox.device().is_cpu() && philox.scalar_type() == at::kLong && philox.dim() == 1 &&
+                        philox.size(0) == 2,
+                    "philox must be an int64 CPU tensor of shape (2,) holding (seed, offset), got ",
+                    philox.scalar_type(), " of shape ", philox.sizes(), " on ", philox.device());
+  const int64_t* values = philox.const_data_ptr<int64_t>();
+  const int64_t seed = values[0], offset = values[philox.stride(0)];
+  TORCH_CHECK_VALUE(seed >= 0 && offset >= 0, "philox must hold a seed and an offset >= 0, got (", seed, ", ",
+                    offset, ")");
+  return {static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
 }
 
 inline void check_dense(const at::Tensor& x, const char* name) {
@@ -63,7 +78,7 @@ inline void check_mask_backward_args(const at::Tensor& grad, const at::Tensor& m
               mask.numel());
 }
 
-// perturb_fwd (`name` = "x") and perturb_bwd (`name` = "grad"): a dense (N, C, *) tensor and a
+// perturb (`name` = "x") and perturb_backward (`name` = "grad"): a dense (N, C, *) tensor and a
 // theta of 1, C or numel / N elements.
 inline void check_perturb_args(const at::Tensor& x, const at::Tensor& theta, const char* name) {
   TORCH_CHECK(x.dim() >= 2, name, " must have shape (N, C, *), got ", x.sizes());
@@ -128,10 +143,10 @@ inline void check_pgd_step_args(const at::Tensor& x_adv, const at::Tensor& grad,
   check_clip(lo, hi);
 }
 
-// Smoothing ops (noisy_repeat_fwd, vote_fwd, vote_soft_bwd). The dtype (and device) rules differ
+// Smoothing ops (noisy_repeat, vote, vote_backward). The dtype (and device) rules differ
 // per backend: each passes its own check, or runs it before these.
 
-// noisy_repeat_fwd, after the backend's checks of x (non-empty, batched, dtype, contiguous).
+// noisy_repeat, after the backend's checks of x (non-empty, batched, dtype, contiguous).
 inline void check_noisy_repeat_copies(const at::Tensor& x, int64_t m, double sigma) {
   TORCH_CHECK(m >= 1, "m must be >= 1, got ", m);
   TORCH_CHECK(m <= std::numeric_limits<int64_t>::max() / x.numel(), "m = ", m, " copies of x of shape ", x.sizes(),
@@ -150,7 +165,7 @@ inline void check_logits(const at::Tensor& logits, int64_t m, void (*check_dtype
               ": rows must be B*m");
 }
 
-// grad (B, K) of vote_soft_bwd, for logits already checked by check_logits.
+// grad (B, K) of vote_backward, for logits already checked by check_logits.
 inline void check_soft_grad(const at::Tensor& grad, const at::Tensor& logits, int64_t m) {
   TORCH_CHECK(grad.device() == logits.device(), "grad is on ", grad.device(), " but logits is on ", logits.device());
   TORCH_CHECK(grad.scalar_type() == logits.scalar_type(), "grad must have logits' dtype ", logits.scalar_type(),

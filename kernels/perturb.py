@@ -23,14 +23,20 @@ row are masked off. Then
   shift of each tile row fixed) so the partials stay small.
 
 Partial sums are in float32 (float64 for float64 grad); torch merges them in float64.
+
+Ops ``stochnet_triton::perturb`` and ``perturb_backward``, the schemas of csrc/ops.cpp; every
+kernel reads (seed, offset) from ``philox``. Fake and autograd: stochnet/ops/perturb.py.
 """
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
+
+from stochnet.ops import checks
+from stochnet.ops.library import triton_op
 
 from .blocks import block_range
-from .checks import check_device, floating_dtypes
-from .philox import check_seed, normals_block, normals_rows
+from .philox import load_philox, normals_block, normals_rows
 
 _BLOCK_1D = 2048
 _TILE = 2048
@@ -40,10 +46,11 @@ _TARGET_PROGRAMS = 1024   # AXIS 0: enough programs to fill a GPU, beyond that l
 _SCALAR, _CHANNEL, _ELEMENT = 0, 1, 2
 
 
-@triton.jit(do_not_specialize=["seed", "offset"])
-def _forward_kernel(x_ptr, theta_ptr, y_ptr, numel, inner, C, F, seed, offset,
+@triton.jit
+def _forward_kernel(x_ptr, theta_ptr, y_ptr, numel, inner, C, F, philox_ptr,
                     MODE: tl.constexpr, COMPUTE: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
     """y for memory positions [pid * BLOCK, (pid + 1) * BLOCK)."""
+    seed, offset = load_philox(philox_ptr)
     start, index, valid = block_range(numel, INDEX_64, BLOCK)
     x = tl.load(x_ptr + index, mask=valid, other=0.0).to(COMPUTE)
     if MODE == 0:
@@ -70,8 +77,8 @@ def _row_window(grad_ptr, rows, M, K, col0, seed, offset, ACC: tl.constexpr, BLO
     return tl.where(valid, grad * z, 0.0)
 
 
-@triton.jit(do_not_specialize=["seed", "offset"])
-def _reduce_kernel(grad_ptr, part_ptr, M, K, row_steps, seed, offset,
+@triton.jit
+def _reduce_kernel(grad_ptr, part_ptr, M, K, row_steps, philox_ptr,
                    AXIS: tl.constexpr, SHIFTS: tl.constexpr, ACC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Partial sums of grad * z over one (BLOCK_M * row_steps, BLOCK_K) tile of the (M, K) view.
@@ -80,6 +87,7 @@ def _reduce_kernel(grad_ptr, part_ptr, M, K, row_steps, seed, offset,
     AXIS 0 (grid (column tiles, row programs)): part[pid_m, s, pid_k * BLOCK_K + k] = sum over the
     tile's rows with shift s of window position k (column pid_k * BLOCK_K + k - s).
     """
+    seed, offset = load_philox(philox_ptr)
     if AXIS == 1:
         pid_m = tl.program_id(0).to(tl.int64)
         pid_k = tl.program_id(1)
@@ -111,22 +119,13 @@ def _reduce_kernel(grad_ptr, part_ptr, M, K, row_steps, seed, offset,
 
 
 def _theta_mode(x, theta, x_name):
-    """Validate ``x`` / ``theta``; returns (mode, inner, C, F) of the theta mapping."""
-    check_device(x, x_name)
-    if x.dim() < 2 or x.numel() == 0:
-        raise ValueError(f"{x_name} must be a non-empty tensor of shape (N, C, *), got {tuple(x.shape)}")
-    if x.dtype not in floating_dtypes(x.device):
-        raise ValueError(f"{x_name} must have dtype in {floating_dtypes(x.device)} on {x.device.type}, "
-                         f"got {x.dtype}")
-    if not x.is_contiguous():
-        raise ValueError(f"{x_name} must be contiguous, got strides {x.stride()} for shape {tuple(x.shape)}")
-    if theta.device != x.device:
-        raise ValueError(f"theta is on {theta.device} but {x_name} is on {x.device}")
-    if theta.dtype not in floating_dtypes(theta.device):
-        raise ValueError(f"theta must have dtype in {floating_dtypes(theta.device)} on {theta.device.type}, "
-                         f"got {theta.dtype}")
-    if not theta.is_contiguous():
-        raise ValueError(f"theta must be contiguous, got strides {theta.stride()}")
+    """Validate ``x`` / ``theta`` (checks.perturb, and the layout the kernels read); returns
+    (mode, inner, C, F) of the theta mapping."""
+    checks.perturb(x, theta, x_name)
+    torch._check_value(x.is_contiguous(), lambda: f"{x_name} must be contiguous for the Triton kernels, "
+                       f"got strides {x.stride()} for shape {tuple(x.shape)}")
+    torch._check_value(theta.is_contiguous(), lambda: f"theta must be contiguous for the Triton kernels, "
+                       f"got strides {theta.stride()}")
     channels = x.shape[1]
     features = x.numel() // x.shape[0]
     inner = features // channels
@@ -134,44 +133,39 @@ def _theta_mode(x, theta, x_name):
         return _SCALAR, inner, channels, features
     if theta.dim() == 1 and theta.numel() == channels:
         return _CHANNEL, inner, channels, features
-    if tuple(theta.shape) == tuple(x.shape[1:]):
-        return _ELEMENT, inner, channels, features
-    raise ValueError(f"theta must have 1 element, shape ({channels},) or the feature-map shape "
-                     f"{tuple(x.shape[1:])} for {x_name} of shape {tuple(x.shape)}, got {tuple(theta.shape)}")
-
-
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return _ELEMENT, inner, channels, features
 
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def perturb_fwd(x, theta, seed, offset):
+@triton_op("stochnet_triton::perturb", mutates_args=())
+def perturb(x: torch.Tensor, theta: torch.Tensor, philox: torch.Tensor) -> torch.Tensor:
     """``y = x + theta * z`` on a contiguous (N, C, *) ``x``; ``y`` has x's shape and dtype."""
     mode, inner, channels, features = _theta_mode(x, theta, "x")
-    check_seed(seed, offset)
+    checks.philox(philox)
+    philox = philox.to(x.device, non_blocking=True)
     y = torch.empty_like(x)
     numel = x.numel()
-    _forward_kernel[(triton.cdiv(numel, _BLOCK_1D),)](
-        x, theta, y, numel, inner, channels, features, seed, offset,
-        MODE=mode, COMPUTE=_TL_DTYPES[_compute_dtype(x.dtype)], INDEX_64=numel + _BLOCK_1D >= 2**31,
+    wrap_triton(_forward_kernel)[(triton.cdiv(numel, _BLOCK_1D),)](
+        x, theta, y, numel, inner, channels, features, philox,
+        MODE=mode, COMPUTE=_TL_DTYPES[checks.compute_dtype(x.dtype)], INDEX_64=numel + _BLOCK_1D >= 2**31,
         BLOCK=_BLOCK_1D, enable_fp_fusion=False)
     return y
 
 
-def _reduce(grad, M, K, axis, seed, offset):
+def _reduce(grad, M, K, axis, philox):
     """sum of grad * z per row (axis 1, shape (M,)) or per column (axis 0, shape (K,)), float64."""
-    acc = tl.float64 if grad.dtype == torch.float64 else tl.float32
-    part_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    part_dtype = checks.compute_dtype(grad.dtype)
+    acc = _TL_DTYPES[part_dtype]
     shifts = 1 if K % 4 == 0 else 4
     if axis == 1:
         block_k = min(triton.next_power_of_2(K + shifts - 1), _TILE)
         block_m = min(triton.next_power_of_2(M), max(1, _TILE // block_k))
         grid = (triton.cdiv(M, block_m), triton.cdiv(K + shifts - 1, block_k))
         part = torch.empty((M, grid[1]), dtype=part_dtype, device=grad.device)
-        _reduce_kernel[grid](grad, part, M, K, 1, seed, offset, AXIS=1, SHIFTS=shifts, ACC=acc,
-                             BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False)
+        wrap_triton(_reduce_kernel)[grid](grad, part, M, K, 1, philox, AXIS=1, SHIFTS=shifts, ACC=acc,
+                                          BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False)
         return part.double().sum(1)
     # Narrow tiles so that a program sums many rows, wider ones when the batch is small.
     block_m = max(4, min(triton.next_power_of_2(M), _TILE // _COL_BLOCK_K))
@@ -183,21 +177,24 @@ def _reduce(grad, M, K, axis, seed, offset):
     programs_m = triton.cdiv(row_tiles, row_steps)
     width = col_tiles * block_k
     part = torch.empty((programs_m, shifts, width), dtype=part_dtype, device=grad.device)
-    _reduce_kernel[(col_tiles, programs_m)](grad, part, M, K, row_steps, seed, offset, AXIS=0, SHIFTS=shifts,
-                                            ACC=acc, BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False)
+    wrap_triton(_reduce_kernel)[(col_tiles, programs_m)](
+        grad, part, M, K, row_steps, philox, AXIS=0, SHIFTS=shifts, ACC=acc, BLOCK_M=block_m, BLOCK_K=block_k,
+        enable_fp_fusion=False)
     merged = part.double().sum(0)
     return sum(merged[s, s:s + K] for s in range(shifts))
 
 
-def perturb_bwd(grad, theta, seed, offset):
+@triton_op("stochnet_triton::perturb_backward", mutates_args=())
+def perturb_backward(grad: torch.Tensor, theta: torch.Tensor, philox: torch.Tensor) -> torch.Tensor:
     """``d theta``: shaped like theta, in theta's dtype; z is regenerated inside the reduction."""
     mode, inner, channels, features = _theta_mode(grad, theta, "grad")
-    check_seed(seed, offset)
+    checks.philox(philox)
+    philox = philox.to(grad.device, non_blocking=True)
     numel = grad.numel()
     if mode != _ELEMENT and inner >= _ROW_REDUCE_MIN_INNER:
-        total = _reduce(grad, numel // inner, inner, 1, seed, offset).view(-1, channels).sum(0)
+        total = _reduce(grad, numel // inner, inner, 1, philox).view(-1, channels).sum(0)
     else:
-        total = _reduce(grad, grad.shape[0], features, 0, seed, offset)
+        total = _reduce(grad, grad.shape[0], features, 0, philox)
         if mode != _ELEMENT:
             total = total.view(channels, inner).sum(1)
     if mode == _SCALAR:

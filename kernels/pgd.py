@@ -1,9 +1,9 @@
-"""PGD / MIM steps and the random start in Triton, on contiguous (B, *) tensors of one shape.
+"""PGD / MIM steps and the random start in Triton, on contiguous non-empty (B, *) tensors of one shape.
 
 The kernels see every tensor as a row-major (B, K) matrix of its memory, K = numel / B; the
 sample of memory position p is p // K. eps / alpha are contiguous (B,) float tensors on x's
 device; lo / hi / mu travel as a small tensor in the compute dtype (float64 for float64 x, else
-float32), so float64 data is clamped at the exact bounds.
+float32), filled on x's device, so float64 data is clamped at the exact bounds.
 
 - linf PGD: one elementwise kernel, delta = clamp(x_adv + alpha_b * sign(grad) - x_orig,
   -eps_b, eps_b), out = clamp(x_orig + delta, lo, hi), sign(0) = 0.
@@ -19,31 +19,32 @@ float32), so float64 data is clamped at the exact bounds.
   stream (seed, offset) and 2u - 1 in float32; l2 sums the squares of normal p of the stream per
   sample (windows that start on the Philox counter below each sample's first element, masked to
   the sample), takes radius_b = eps_b * v_b ** (1 / K) with v_b = uniform b of the stream
-  (seed, offset + ceil(numel / 4)), and writes clamp(x + z * f_b, lo, hi) with
-  f_b = radius_b / ||z_b|| (float64, rounded to the compute dtype).
+  (seed, offset + ceil(numel / 4)) (the stream kernel of kernels/philox.py, shifted by
+  ceil(numel / 4) counters), and writes clamp(x + z * f_b, lo, hi) with f_b = radius_b / ||z_b||
+  (float64, rounded to the compute dtype). The noise kernels read (seed, offset) from ``philox``.
 
 NaN, as the reference: every kernel reads grad through ``_load_grad``, which takes a NaN entry as
 0, and ``sign(NaN) = 0``, so a NaN momentum entry takes no step.
 
 Every kernel runs with ``enable_fp_fusion=False``, so products are rounded as in torch.
+
+Ops ``stochnet_triton::pgd_step``, ``mim_step`` (momentum mutated in place) and ``random_start``,
+the schemas of csrc/ops.cpp. Fakes: stochnet/ops/pgd.py.
 """
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
+
+from stochnet.ops import checks
+from stochnet.ops.library import triton_op
 
 from .blocks import block_range
-from .checks import check_device, floating_dtypes
-from .philox import (
-    check_seed,
-    normals_block,
-    normals_rows,
-    philox_uniform,
-    uniforms_block,
-)
+from .philox import load_philox, normals_block, normals_rows, philox_uniform, uniforms_block
 
 _BLOCK_1D = 2048
 _TILE = 2048
-_NORMS = ("linf", "l2")
+_MAX_COLUMN_TILES = 65535  # grid axis 1 of the per-sample reductions
 _SQUARES, _ABS, _DELTA_SQUARES, _NORMAL_SQUARES = 0, 1, 2, 3
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
@@ -76,8 +77,8 @@ def _l2_delta(x_adv_ptr, grad_ptr, x_orig_ptr, index, valid, scale, COMPUTE: tl.
     return (x_adv + grad * scale) - x_orig
 
 
-@triton.jit(do_not_specialize=["seed", "offset"])
-def _sample_sums_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, part_ptr, M, K, seed, offset,
+@triton.jit
+def _sample_sums_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, part_ptr, M, K, philox_ptr,
                         KIND: tl.constexpr, ALIGN: tl.constexpr, COMPUTE: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """part[r, pid_k] = sum over the pid_k-th window of sample r of the KIND of value.
@@ -106,6 +107,7 @@ def _sample_sums_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, part_ptr, M, K, seed, of
         v = _l2_delta(a_ptr, b_ptr, c_ptr, index, valid, scale, COMPUTE)
         v = v * v
     else:
+        seed, offset = load_philox(philox_ptr)
         v = normals_rows(seed, offset, window, BLOCK_K).to(COMPUTE)
         v = v * v
     v = tl.where(valid, v, 0.0)
@@ -156,10 +158,11 @@ def _l2_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, scale_ptr, factor_ptr, params_pt
     tl.store(out_ptr + index, out.to(out_ptr.dtype.element_ty), mask=valid)
 
 
-@triton.jit(do_not_specialize=["seed", "offset"])
-def _random_start_kernel(x_ptr, eps_ptr, factor_ptr, params_ptr, out_ptr, numel, K, seed, offset,
+@triton.jit
+def _random_start_kernel(x_ptr, eps_ptr, factor_ptr, params_ptr, out_ptr, numel, K, philox_ptr,
                          L2: tl.constexpr, COMPUTE: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
     """linf: x + eps_b * (2u - 1) (2u - 1 in float32); l2: x + z * factor_b; then clamp to [lo, hi]."""
+    seed, offset = load_philox(philox_ptr)
     start, index, valid = block_range(numel, INDEX_64, BLOCK)
     sample = index // K
     lo = tl.load(params_ptr)
@@ -179,172 +182,131 @@ def _random_start_kernel(x_ptr, eps_ptr, factor_ptr, params_ptr, out_ptr, numel,
 # ----------------------------------------------------------------------------------------- launchers
 
 
-def _check_data(x, name, like=None, like_name=None):
-    """x: a contiguous floating (B, *) tensor; with ``like``: also its shape, dtype and device."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
-    check_device(x, name)
-    if like is None:
-        if x.dim() < 1:
-            raise ValueError(f"{name} must have shape (B, *), got a 0-dim tensor")
-        if x.dtype not in floating_dtypes(x.device):
-            raise ValueError(f"{name} must have dtype in {floating_dtypes(x.device)} on {x.device.type}, "
-                             f"got {x.dtype}")
-    else:
-        if x.device != like.device:
-            raise ValueError(f"{name} is on {x.device} but {like_name} is on {like.device}")
-        if x.shape != like.shape:
-            raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(x.shape)}")
-        if x.dtype != like.dtype:
-            raise ValueError(f"{name} must have the dtype of {like_name} ({like.dtype}), got {x.dtype}")
-    if not x.is_contiguous():
-        raise ValueError(f"{name} must be contiguous, got strides {x.stride()} for shape {tuple(x.shape)}")
-
-
-def _check_per_sample(t, name, x):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor of shape ({x.shape[0]},), got {type(t).__name__}")
-    if t.device != x.device:
-        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if t.shape != (x.shape[0],) or not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous tensor of shape ({x.shape[0]},), got {tuple(t.shape)}")
-    if t.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"{name} must be float32 or float64, got {t.dtype}")
-
-
-def _check_norm(norm):
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+def _check_contiguous(**tensors):
+    """The kernels read every tensor in memory order."""
+    for name, t in tensors.items():
+        torch._check_value(t.is_contiguous(), lambda: f"{name} must be contiguous for the Triton kernels, "
+                           f"got strides {t.stride()} for shape {tuple(t.shape)}")
 
 
 def _check_bounds(lo, hi):
-    if not lo <= hi:
-        raise ValueError(f"lo must be <= hi, got lo={lo}, hi={hi}")
-
-
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    torch._check_value(lo < hi, lambda: f"clip must have lo < hi, got ({lo}, {hi})")
 
 
 def _params(x, *values):
-    return torch.tensor(values, dtype=_compute_dtype(x.dtype), device=x.device)
+    """``values`` (lo, hi[, mu]) as a tensor in the compute dtype, filled on x's device: no host copy."""
+    params = torch.empty(len(values), dtype=checks.compute_dtype(x.dtype), device=x.device)
+    for i, value in enumerate(values):
+        params[i] = value
+    return params
 
 
 def _index_64(numel):
     return numel + _BLOCK_1D >= 2**31
 
 
-def _sample_sums(kind, x, M, K, a, b=None, c=None, scale=None, seed=0, offset=0):
-    """Per-sample sums (float64, shape (M,)) of the KIND of value over the (M, K) view."""
+def _sample_sums(kind, x, name, M, K, a, b=None, c=None, scale=None, philox=None):
+    """Per-sample sums (float64, shape (M,)) of the KIND of value over the (M, K) view of ``x``."""
     align = kind == _NORMAL_SQUARES and K % 4 != 0
     width = K + 3 if align else K
     block_k = min(triton.next_power_of_2(width), _TILE)
     block_m = min(triton.next_power_of_2(M), max(1, _TILE // block_k))
     grid = (triton.cdiv(M, block_m), triton.cdiv(width, block_k))
-    if grid[1] > 65535:
-        raise ValueError(f"x has {K} elements per sample; the per-sample reductions take at most "
-                         f"{65535 * _TILE - 3}")
-    compute = _compute_dtype(x.dtype)
+    torch._check_value(grid[1] <= _MAX_COLUMN_TILES, lambda: f"{name} has {K} elements per sample; the Triton "
+                       f"per-sample reductions take at most {_MAX_COLUMN_TILES * _TILE - 3}")
+    compute = checks.compute_dtype(x.dtype)
     part = torch.empty((M, grid[1]), dtype=compute, device=x.device)
     b = a if b is None else b
     c = a if c is None else c
     scale = part if scale is None else scale
-    _sample_sums_kernel[grid](a, b, c, scale, part, M, K, seed, offset,
-                              KIND=kind, ALIGN=align, COMPUTE=_TL_DTYPES[compute],
-                              BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False)
+    philox = part if philox is None else philox  # only the noise kind reads it
+    wrap_triton(_sample_sums_kernel)[grid](a, b, c, scale, part, M, K, philox,
+                                           KIND=kind, ALIGN=align, COMPUTE=_TL_DTYPES[compute],
+                                           BLOCK_M=block_m, BLOCK_K=block_k, enable_fp_fusion=False)
     return part.double().sum(1)
 
 
-def pgd_step_fwd(x_adv, grad, x_orig, eps, alpha, norm, lo, hi):
+@triton_op("stochnet_triton::pgd_step", mutates_args=())
+def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, eps: torch.Tensor,
+             alpha: torch.Tensor, norm: str, lo: float, hi: float) -> torch.Tensor:
     """One PGD step: returns the new x_adv, contiguous, in x_adv's shape and dtype."""
-    _check_data(x_adv, "x_adv")
-    _check_data(grad, "grad", x_adv, "x_adv")
-    _check_data(x_orig, "x_orig", x_adv, "x_adv")
-    _check_per_sample(eps, "eps", x_adv)
-    _check_per_sample(alpha, "alpha", x_adv)
-    _check_norm(norm)
+    checks.pgd_step(x_adv, grad, x_orig, eps, alpha, norm)
+    _check_contiguous(x_adv=x_adv, grad=grad, x_orig=x_orig, eps=eps, alpha=alpha)
     _check_bounds(lo, hi)
     out = torch.empty_like(x_adv)
     numel = x_adv.numel()
-    if numel == 0:
-        return out
     B = x_adv.shape[0]
     K = numel // B
-    compute = _compute_dtype(x_adv.dtype)
+    compute = checks.compute_dtype(x_adv.dtype)
     tl_compute = _TL_DTYPES[compute]
     params = _params(x_adv, lo, hi)
     grid = (triton.cdiv(numel, _BLOCK_1D),)
     if norm == "linf":
-        _linf_kernel[grid](x_adv, grad, x_orig, x_adv, eps, alpha, params, params, out, numel, K,
-                           MIM=False, COMPUTE=tl_compute, INDEX_64=_index_64(numel), BLOCK=_BLOCK_1D,
-                           enable_fp_fusion=False)
+        wrap_triton(_linf_kernel)[grid](x_adv, grad, x_orig, x_adv, eps, alpha, params, params, out, numel, K,
+                                        MIM=False, COMPUTE=tl_compute, INDEX_64=_index_64(numel), BLOCK=_BLOCK_1D,
+                                        enable_fp_fusion=False)
         return out
-    grad_norm = _sample_sums(_SQUARES, x_adv, B, K, grad).sqrt()
+    grad_norm = _sample_sums(_SQUARES, x_adv, "x_adv", B, K, grad).sqrt()
     scale = (alpha.double() / grad_norm.clamp_min(1e-12)).to(compute)
-    delta_norm = _sample_sums(_DELTA_SQUARES, x_adv, B, K, x_adv, grad, x_orig, scale).sqrt()
+    delta_norm = _sample_sums(_DELTA_SQUARES, x_adv, "x_adv", B, K, x_adv, grad, x_orig, scale).sqrt()
     factor = torch.where(delta_norm > 0, (eps.double() / delta_norm).clamp_max(1.0),
                          torch.ones_like(delta_norm)).to(compute)
-    _l2_kernel[grid](x_adv, grad, x_orig, scale, factor, params, out, numel, K,
-                     COMPUTE=tl_compute, INDEX_64=_index_64(numel), BLOCK=_BLOCK_1D, enable_fp_fusion=False)
+    wrap_triton(_l2_kernel)[grid](x_adv, grad, x_orig, scale, factor, params, out, numel, K,
+                                  COMPUTE=tl_compute, INDEX_64=_index_64(numel), BLOCK=_BLOCK_1D,
+                                  enable_fp_fusion=False)
     return out
 
 
-def mim_step_fwd(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi):
+@triton_op("stochnet_triton::mim_step", mutates_args={"momentum"})
+def mim_step(x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, momentum: torch.Tensor,
+             eps: torch.Tensor, alpha: torch.Tensor, mu: float, lo: float, hi: float) -> torch.Tensor:
     """One MIM step: updates ``momentum`` in place and returns the new x_adv (linf step)."""
-    _check_data(x_adv, "x_adv")
-    _check_data(grad, "grad", x_adv, "x_adv")
-    _check_data(x_orig, "x_orig", x_adv, "x_adv")
-    _check_data(momentum, "momentum", x_adv, "x_adv")
-    for name, t in (("x_adv", x_adv), ("grad", grad), ("x_orig", x_orig)):
-        if momentum.numel() and t.untyped_storage().data_ptr() == momentum.untyped_storage().data_ptr():
-            raise ValueError(f"momentum shares memory with {name}: it is updated in place, pass a separate tensor")
-    _check_per_sample(eps, "eps", x_adv)
-    _check_per_sample(alpha, "alpha", x_adv)
+    checks.pgd_step(x_adv, grad, x_orig, eps, alpha, "linf")
+    checks.momentum(momentum, x_adv)
+    _check_contiguous(x_adv=x_adv, grad=grad, x_orig=x_orig, eps=eps, alpha=alpha)
     _check_bounds(lo, hi)
     out = torch.empty_like(x_adv)
     numel = x_adv.numel()
-    if numel == 0:
-        return out
     B = x_adv.shape[0]
     K = numel // B
-    compute = _compute_dtype(x_adv.dtype)
-    denom = (_sample_sums(_ABS, x_adv, B, K, grad) / K).clamp_min(1e-12).to(compute)
+    compute = checks.compute_dtype(x_adv.dtype)
+    denom = (_sample_sums(_ABS, x_adv, "x_adv", B, K, grad) / K).clamp_min(1e-12).to(compute)
     params = _params(x_adv, lo, hi, mu)
-    _linf_kernel[(triton.cdiv(numel, _BLOCK_1D),)](
+    wrap_triton(_linf_kernel)[(triton.cdiv(numel, _BLOCK_1D),)](
         x_adv, grad, x_orig, momentum, eps, alpha, denom, params, out, numel, K,
         MIM=True, COMPUTE=_TL_DTYPES[compute], INDEX_64=_index_64(numel), BLOCK=_BLOCK_1D,
         enable_fp_fusion=False)
     return out
 
 
-def random_start_fwd(x_orig, eps, norm, lo, hi, seed, offset):
+@triton_op("stochnet_triton::random_start", mutates_args=())
+def random_start(x_orig: torch.Tensor, eps: torch.Tensor, norm: str, lo: float, hi: float,
+                 philox: torch.Tensor) -> torch.Tensor:
     """A random point of the eps ball ("linf" box or "l2" ball) around x_orig, clamped to [lo, hi]."""
-    _check_data(x_orig, "x_orig")
-    _check_per_sample(eps, "eps", x_orig)
-    _check_norm(norm)
+    checks.batched(x_orig, "x_orig")
+    checks.per_sample(eps, "eps", x_orig)
+    checks.norm(norm)
+    checks.philox(philox)
+    _check_contiguous(x_orig=x_orig, eps=eps)
     _check_bounds(lo, hi)
-    check_seed(seed, offset)
+    philox = philox.to(x_orig.device, non_blocking=True)
     out = torch.empty_like(x_orig)
     numel = x_orig.numel()
-    if numel == 0:
-        return out
     B = x_orig.shape[0]
     K = numel // B
-    compute = _compute_dtype(x_orig.dtype)
+    compute = checks.compute_dtype(x_orig.dtype)
     params = _params(x_orig, lo, hi)
     grid = (triton.cdiv(numel, _BLOCK_1D),)
     if norm == "linf":
-        _random_start_kernel[grid](x_orig, eps, params, params, out, numel, K, seed, offset,
-                                   L2=False, COMPUTE=_TL_DTYPES[compute], INDEX_64=_index_64(numel),
-                                   BLOCK=_BLOCK_1D, enable_fp_fusion=False)
+        wrap_triton(_random_start_kernel)[grid](x_orig, eps, params, params, out, numel, K, philox,
+                                                L2=False, COMPUTE=_TL_DTYPES[compute], INDEX_64=_index_64(numel),
+                                                BLOCK=_BLOCK_1D, enable_fp_fusion=False)
         return out
-    radius_offset = offset + (numel + 3) // 4
-    check_seed(seed, radius_offset)
-    v = philox_uniform(seed, radius_offset, B, device=x_orig.device)
+    v = philox_uniform(philox, B, x_orig.device, shift=(numel + 3) // 4)
     radius = eps.double() * v.double() ** (1.0 / K)
-    znorm = _sample_sums(_NORMAL_SQUARES, x_orig, B, K, x_orig, seed=seed, offset=offset).sqrt()
+    znorm = _sample_sums(_NORMAL_SQUARES, x_orig, "x_orig", B, K, x_orig, philox=philox).sqrt()
     factor = torch.where(znorm > 0, radius / znorm, torch.zeros_like(znorm)).to(compute)
-    _random_start_kernel[grid](x_orig, eps, factor, params, out, numel, K, seed, offset,
-                               L2=True, COMPUTE=_TL_DTYPES[compute], INDEX_64=_index_64(numel),
-                               BLOCK=_BLOCK_1D, enable_fp_fusion=False)
+    wrap_triton(_random_start_kernel)[grid](x_orig, eps, factor, params, out, numel, K, philox,
+                                            L2=True, COMPUTE=_TL_DTYPES[compute], INDEX_64=_index_64(numel),
+                                            BLOCK=_BLOCK_1D, enable_fp_fusion=False)
     return out

@@ -5,10 +5,16 @@ Stream contract (``csrc/philox.h``): element ``i`` of a call with ``(seed, offse
 those of ``tl.rand4x`` / ``tl.randn4x``. The helpers below run Philox once per counter (four
 elements) and interleave the four results into element order, so a tile never computes a word
 it does not use. Every tile row must start at an element index that is a multiple of 4.
+
+Every kernel reads (seed, offset) itself from the op's ``philox`` tensor (int64, shape (2,), on
+the data's device) with :func:`load_philox`, so no launcher reads a value on the host. The
+launchers at the end take such a tensor: the random start draws its radii with them, and the
+tests compare the stream with the pure-torch reference.
 """
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from .blocks import block_range
 
@@ -63,8 +69,17 @@ def normals_rows(seed, offset, row_start, BLOCK_K: tl.constexpr):
     return tl.reshape(element_order(n0, n1, n2, n3), (row_start.shape[0], BLOCK_K))
 
 
-@triton.jit(do_not_specialize=["seed", "offset"])
-def _stream_kernel(out_ptr, numel, seed, offset, KIND: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit
+def load_philox(philox_ptr):
+    """(seed, offset) of a call: the int64 pair at ``philox_ptr``. The seed's bits are the 64-bit key."""
+    return tl.load(philox_ptr), tl.load(philox_ptr + 1)
+
+
+@triton.jit
+def _stream_kernel(out_ptr, philox_ptr, numel, shift, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    """Elements [0, numel) of the stream (seed, offset + shift), as words, uniforms or normals."""
+    seed, offset = load_philox(philox_ptr)
+    offset += shift
     start, index, valid = block_range(numel, True, BLOCK)
     if KIND == 0:
         values = words_block(seed, offset, start, BLOCK).to(tl.int32, bitcast=True)
@@ -75,34 +90,24 @@ def _stream_kernel(out_ptr, numel, seed, offset, KIND: tl.constexpr, BLOCK: tl.c
     tl.store(out_ptr + index, values, mask=valid)
 
 
-def check_seed(seed, offset):
-    """``seed`` is a 64-bit key; ``offset + counter`` must stay a non-negative int64."""
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-    if not 0 <= offset < 2**63:
-        raise ValueError(f"offset must be in [0, 2**63), got {offset}")
-
-
-def _stream(kind, dtype, seed, offset, numel, device):
-    check_seed(seed, offset)
-    if numel < 0:
-        raise ValueError(f"numel must be >= 0, got {numel}")
+def _stream(kind, dtype, philox, numel, device, shift=0):
     out = torch.empty(numel, dtype=dtype, device=device)
     if numel:
-        _stream_kernel[(triton.cdiv(numel, BLOCK),)](out, numel, seed, offset, KIND=kind, BLOCK=BLOCK)
+        philox = philox.to(device, non_blocking=True)
+        wrap_triton(_stream_kernel)[(triton.cdiv(numel, BLOCK),)](out, philox, numel, shift, KIND=kind, BLOCK=BLOCK)
     return out
 
 
-def philox_words(seed, offset, numel, device="cuda"):
-    """The first ``numel`` words of the stream as int32 (the uint32 bits reinterpreted)."""
-    return _stream(_WORDS, torch.int32, seed, offset, numel, device)
+def philox_words(philox, numel, device):
+    """The first ``numel`` words of the stream ``philox`` = (seed, offset) as int32 (the uint32 bits)."""
+    return _stream(_WORDS, torch.int32, philox, numel, device)
 
 
-def philox_uniform(seed, offset, numel, device="cuda"):
-    """The first ``numel`` uniforms of the stream, float32 in [0, 1)."""
-    return _stream(_UNIFORMS, torch.float32, seed, offset, numel, device)
+def philox_uniform(philox, numel, device, shift=0):
+    """The first ``numel`` uniforms (float32 in [0, 1)) of the stream (seed, offset + shift)."""
+    return _stream(_UNIFORMS, torch.float32, philox, numel, device, shift)
 
 
-def philox_normal(seed, offset, numel, device="cuda"):
+def philox_normal(philox, numel, device):
     """The first ``numel`` normals of the stream, float32."""
-    return _stream(_NORMALS, torch.float32, seed, offset, numel, device)
+    return _stream(_NORMALS, torch.float32, philox, numel, device)

@@ -18,21 +18,27 @@ vote: logits are contiguous (B * m, K); one program per sample reduces its m row
 - weighted: 32 passes (fewer for K < 32) of that argmax over the entries not yet ranked; rank r
   adds 2^-r. Equal logits rank by lower index first and NaN first, as a stable descending sort.
 
-vote_soft_bwd: ``p * (g_b - <g_b, p>) / m`` per row, the softmax p recomputed from the logits.
+vote_backward: ``p * (g_b - <g_b, p>) / m`` per row (the soft vote's d logits), the softmax p
+recomputed from the logits.
 
 Every kernel runs with ``enable_fp_fusion=False``, so products are rounded as in torch.
-"""
-import math
 
+Ops ``stochnet_triton::noisy_repeat``, ``vote`` and ``vote_backward``, the schemas of
+csrc/ops.cpp; the noise kernel reads (seed, offset) from ``philox``. Fake and autograd:
+stochnet/ops/smoothing.py.
+"""
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
-from .checks import check_device, floating_dtypes
-from .philox import check_seed, normals_rows
+from stochnet.ops import checks
+from stochnet.ops.checks import VOTE_MODES
+from stochnet.ops.library import triton_op
+from stochnet.ops.smoothing import WEIGHTED_RANKS
 
-VOTE_MODES = ("prediction", "soft", "weighted")
-WEIGHTED_RANKS = 32  # mirrors stochnet.ops.smoothing.WEIGHTED_RANKS (kernels do not import ops)
+from .philox import load_philox, normals_rows
+
 MAX_CLASSES = 32768  # a row of logits lives in registers
 _TILE = 2048  # elements a program handles per step
 _TARGET_PROGRAMS = 1024  # noisy_repeat splits each sample's copies when fewer programs would run
@@ -47,11 +53,12 @@ def _normals_at(seed, offset, index):
     return tl.where(lane == 0, n0, tl.where(lane == 1, n1, tl.where(lane == 2, n2, n3)))
 
 
-@triton.jit(do_not_specialize=["seed", "offset"])
-def _noisy_repeat_kernel(x_ptr, sigma_ptr, y_ptr, F, m, feature_blocks, runs, copies_per_run, seed, offset,
+@triton.jit
+def _noisy_repeat_kernel(x_ptr, sigma_ptr, y_ptr, F, m, feature_blocks, runs, copies_per_run, philox_ptr,
                          ALIGNED: tl.constexpr, COMPUTE: tl.constexpr,
                          BLOCK_J: tl.constexpr, BLOCK_F: tl.constexpr):
     """Copies [run * copies_per_run, + copies_per_run) of one column block of one sample."""
+    seed, offset = load_philox(philox_ptr)
     pid = tl.program_id(0).to(tl.int64)
     run = pid % runs
     sample = pid // runs // feature_blocks
@@ -151,40 +158,16 @@ def _soft_grad_kernel(grad_ptr, logits_ptr, out_ptr, rows_total, m, K,
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], d.to(out_ptr.dtype.element_ty), mask=valid)
 
 
-def _check_tensor(t, name):
-    """t: a non-empty contiguous floating tensor that the Triton kernels can read."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-    check_device(t, name)
-    if t.numel() == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
-    if t.dtype not in floating_dtypes(t.device):
-        raise ValueError(f"{name} must have dtype in {floating_dtypes(t.device)} on {t.device.type}, got {t.dtype}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous, got strides {t.stride()} for shape {tuple(t.shape)}")
+def _check_contiguous(t, name):
+    torch._check_value(t.is_contiguous(), lambda: f"{name} must be contiguous for the Triton kernels, "
+                       f"got strides {t.stride()} for shape {tuple(t.shape)}")
 
 
-def _check_copies(m):
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"m must be an integer >= 1, got {m!r}")
-
-
-def _check_logits(logits, m):
-    """logits: contiguous (B * m, K) with K <= MAX_CLASSES; returns (B, K)."""
-    _check_tensor(logits, "logits")
-    _check_copies(m)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (B*m, K), got {tuple(logits.shape)}")
-    rows, classes = logits.shape
-    if rows % m:
-        raise ValueError(f"logits has {rows} rows, not divisible by m={m}: rows must be B*m")
-    if classes > MAX_CLASSES:
-        raise ValueError(f"logits has {classes} classes; the Triton vote takes at most {MAX_CLASSES}")
-    return rows // m, classes
-
-
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _check_logits(logits):
+    """The Triton vote kernels' own limits: contiguous logits, a row of at most MAX_CLASSES in registers."""
+    _check_contiguous(logits, "logits")
+    torch._check_value(logits.shape[1] <= MAX_CLASSES, lambda: f"logits has {logits.shape[1]} classes; "
+                       f"the Triton vote takes at most {MAX_CLASSES}")
 
 
 def _row_tile(rows, classes):
@@ -194,15 +177,13 @@ def _row_tile(rows, classes):
     return block_m, block_k, max(4, min(16, block_m * block_k // 1024))
 
 
-def noisy_repeat_fwd(x, m, sigma, seed, offset):
+@triton_op("stochnet_triton::noisy_repeat", mutates_args=())
+def noisy_repeat(x: torch.Tensor, m: int, sigma: float, philox: torch.Tensor) -> torch.Tensor:
     """m noisy copies of each sample of a contiguous (B, *) x: shape (B*m, *), x's dtype."""
-    _check_tensor(x, "x")
-    if x.dim() < 1:
-        raise ValueError("x must have shape (B, *), got a 0-dim tensor")
-    _check_copies(m)
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
-    check_seed(seed, offset)
+    checks.noisy_repeat(x, m, sigma)
+    checks.philox(philox)
+    _check_contiguous(x, "x")
+    philox = philox.to(x.device, non_blocking=True)
     batch, features = x.shape[0], x[0].numel()
     y = x.new_empty((batch * m,) + tuple(x.shape[1:]))
     block_f = max(4, min(triton.next_power_of_2(features), _TILE))
@@ -211,44 +192,42 @@ def noisy_repeat_fwd(x, m, sigma, seed, offset):
     runs = max(1, min(triton.cdiv(m, block_j), triton.cdiv(_TARGET_PROGRAMS, batch * feature_blocks)))
     copies_per_run = triton.cdiv(triton.cdiv(m, runs), block_j) * block_j
     runs = triton.cdiv(m, copies_per_run)
-    compute = _compute_dtype(x.dtype)
-    sigma_value = torch.tensor(sigma, dtype=compute, device=x.device)
-    _noisy_repeat_kernel[(batch * feature_blocks * runs,)](
-        x, sigma_value, y, features, m, feature_blocks, runs, copies_per_run, seed, offset,
+    compute = checks.compute_dtype(x.dtype)
+    sigma_value = torch.full((), sigma, dtype=compute, device=x.device)  # filled on the device: no host copy
+    wrap_triton(_noisy_repeat_kernel)[(batch * feature_blocks * runs,)](
+        x, sigma_value, y, features, m, feature_blocks, runs, copies_per_run, philox,
         ALIGNED=features % 4 == 0, COMPUTE=_TL_DTYPES[compute], BLOCK_J=block_j, BLOCK_F=block_f,
         enable_fp_fusion=False)
     return y
 
 
-def vote_fwd(logits, m, mode):
+@triton_op("stochnet_triton::vote", mutates_args=())
+def vote(logits: torch.Tensor, m: int, mode: str) -> torch.Tensor:
     """(B, K) votes of contiguous (B*m, K) logits: int64 (prediction), the logits' dtype (soft), or
     float32 -- float64 for float64 logits -- (weighted)."""
-    batch, classes = _check_logits(logits, m)
-    if mode not in VOTE_MODES:
-        raise ValueError(f"mode must be one of {VOTE_MODES}, got {mode!r}")
-    compute = _compute_dtype(logits.dtype)
+    checks.vote(logits, m, mode)
+    _check_logits(logits)
+    batch, classes = logits.shape[0] // m, logits.shape[1]
+    compute = checks.compute_dtype(logits.dtype)
     out_dtype = {"prediction": torch.int64, "soft": logits.dtype, "weighted": compute}[mode]
     out = torch.empty((batch, classes), dtype=out_dtype, device=logits.device)
     block_m, block_k, warps = _row_tile(m, classes)
-    _vote_kernel[(batch,)](logits, out, m, classes, min(classes, WEIGHTED_RANKS),
-                           MODE=VOTE_MODES.index(mode), ACC=_TL_DTYPES[compute], BLOCK_M=block_m,
-                           BLOCK_K=block_k, num_warps=warps, enable_fp_fusion=False)
+    wrap_triton(_vote_kernel)[(batch,)](
+        logits, out, m, classes, min(classes, WEIGHTED_RANKS), MODE=VOTE_MODES.index(mode),
+        ACC=_TL_DTYPES[compute], BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, enable_fp_fusion=False)
     return out
 
 
-def vote_soft_bwd(grad, logits, m):
+@triton_op("stochnet_triton::vote_backward", mutates_args=())
+def vote_backward(grad: torch.Tensor, logits: torch.Tensor, m: int) -> torch.Tensor:
     """d logits (B*m, K) of the soft vote for the output gradient ``grad`` (B, K); the logits' dtype."""
-    batch, classes = _check_logits(logits, m)
-    _check_tensor(grad, "grad")
-    if grad.device != logits.device:
-        raise ValueError(f"grad is on {grad.device} but logits is on {logits.device}")
-    if tuple(grad.shape) != (batch, classes):
-        raise ValueError(f"grad must have shape ({batch}, {classes}) for logits of shape "
-                         f"{tuple(logits.shape)} and m={m}, got {tuple(grad.shape)}")
+    checks.vote_backward(grad, logits, m)
+    _check_logits(logits)
+    _check_contiguous(grad, "grad")
     out = torch.empty_like(logits)
-    rows = logits.shape[0]
+    rows, classes = logits.shape
     block_m, block_k, warps = _row_tile(rows, classes)
-    _soft_grad_kernel[(triton.cdiv(rows, block_m),)](
-        grad, logits, out, rows, m, classes, ACC=_TL_DTYPES[_compute_dtype(logits.dtype)],
+    wrap_triton(_soft_grad_kernel)[(triton.cdiv(rows, block_m),)](
+        grad, logits, out, rows, m, classes, ACC=_TL_DTYPES[checks.compute_dtype(logits.dtype)],
         BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, enable_fp_fusion=False)
     return out

@@ -17,18 +17,26 @@ statistics.
 Statistics: each tile reduces its part of every channel it holds to (shift, sum(d), sum(d^2)),
 d = x - shift, shift = the tile's mean, all in float64 as the reference (a float32 d^2 overflows
 for |d| > 1.8e19; the corrected two-pass algorithm keeps |mean| >> std accurate). Torch merges
-the partials per channel with Chan's formula and updates ``running_sigma`` after the kernels ran,
-so the noise uses the old sigma.
+the partials per channel with Chan's formula into the updated sigma, a new tensor: the noise
+uses the old sigma and ``running_sigma`` itself is never written (the caller copies the result).
+
+Ops ``stochnet_triton::stoc_relu_ema`` -> (y, mask, new sigma) and ``stoc_relu_ema_backward``,
+the schemas of csrc/ops.cpp; the noise kernels read (seed, offset) from ``philox``. Fake and
+autograd: stochnet/ops/stoc_relu_ema.py.
 """
 import math
 
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
+
+from stochnet.ops import checks
+from stochnet.ops.layout import is_dense
+from stochnet.ops.library import triton_op
 
 from .blocks import block_range
-from .checks import check_device, floating_dtypes
-from .philox import check_seed, normals_block, normals_rows
+from .philox import load_philox, normals_block, normals_rows
 
 # Elements per program (a power of two); rows-layout tiles take at most _ROWS_BLOCK_K channels so
 # that a tile is tall and its per-column partials stay a few percent of the data.
@@ -46,9 +54,9 @@ def _relu_and_bits(x, scale, z, valid):
     return y, (valid & (v > 0)).to(tl.int32)
 
 
-@triton.jit(do_not_specialize=["seed", "offset"])
+@triton.jit
 def _tile_kernel(x_ptr, scale_ptr, y_ptr, mask_ptr, shift_ptr, dsum_ptr, dsq_ptr,
-                 M, K, C, seed, offset,
+                 M, K, C, philox_ptr,
                  CHANNEL_AXIS: tl.constexpr, WRITE_Y: tl.constexpr, STATS: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """One (BLOCK_M, BLOCK_K) tile of the (M, K) view; WRITE_Y requires K % 8 == 0."""
@@ -69,6 +77,7 @@ def _tile_kernel(x_ptr, scale_ptr, y_ptr, mask_ptr, shift_ptr, dsum_ptr, dsq_ptr
             scale = tl.load(scale_ptr + rows % C, mask=row_ok, other=0.0)[:, None]
         else:
             scale = tl.load(scale_ptr + cols, mask=col_ok, other=0.0)[None, :]
+        seed, offset = load_philox(philox_ptr)
         z = normals_rows(seed, offset, row_start, BLOCK_K)
         y, bits = _relu_and_bits(x, scale, z, valid)
         tl.store(y_ptr + index, y.to(y_ptr.dtype.element_ty), mask=valid)
@@ -99,10 +108,11 @@ def _tile_kernel(x_ptr, scale_ptr, y_ptr, mask_ptr, shift_ptr, dsum_ptr, dsq_ptr
             tl.store(dsq_ptr + slot, tl.sum(d * d, axis=0), mask=col_ok)
 
 
-@triton.jit(do_not_specialize=["seed", "offset"])
-def _flat_kernel(x_ptr, scale_ptr, y_ptr, mask_ptr, numel, K, C, seed, offset,
+@triton.jit
+def _flat_kernel(x_ptr, scale_ptr, y_ptr, mask_ptr, numel, K, C, philox_ptr,
                  INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
     """y and mask for memory positions [pid * BLOCK, (pid + 1) * BLOCK); channel = (p // K) % C."""
+    seed, offset = load_philox(philox_ptr)
     start, index, valid = block_range(numel, INDEX_64, BLOCK)
     x = tl.load(x_ptr + index, mask=valid, other=0.0).to(scale_ptr.dtype.element_ty)
     scale = tl.load(scale_ptr + (index // K) % C, mask=valid, other=0.0)
@@ -125,31 +135,8 @@ def _mask_backward_kernel(grad_ptr, mask_ptr, out_ptr, numel, INDEX_64: tl.const
 
 
 def _check_dense(t, name):
-    if not (t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))):
-        raise ValueError(f"{name} must be contiguous or channels-last (4-D), got strides {t.stride()}")
-
-
-def _check_fwd_args(x, running_sigma, gamma, momentum, training):
-    check_device(x, "x")
-    if x.dim() < 2 or x.numel() == 0:
-        raise ValueError(f"x must be a non-empty tensor of shape (N, C) or (N, C, *), got {tuple(x.shape)}")
-    if x.dtype not in floating_dtypes(x.device):
-        raise ValueError(f"x must have dtype in {floating_dtypes(x.device)} on {x.device.type}, got {x.dtype}")
-    _check_dense(x, "x")
-    if running_sigma.device != x.device:
-        raise ValueError(f"running_sigma is on {running_sigma.device} but x is on {x.device}")
-    if running_sigma.shape != (x.shape[1],):
-        raise ValueError(f"running_sigma must have shape ({x.shape[1]},), got {tuple(running_sigma.shape)}")
-    if not running_sigma.is_contiguous():
-        raise ValueError(f"running_sigma must be contiguous, got strides {running_sigma.stride()}")
-    if running_sigma.dtype not in (torch.float32, x.dtype):
-        raise ValueError(f"running_sigma must be float32 or x's dtype, got {running_sigma.dtype}")
-    if not gamma >= 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    if not 0 <= momentum <= 1:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    if training and x.numel() // x.shape[1] < 2:
-        raise ValueError(f"x must have more than one value per channel in training, got shape {tuple(x.shape)}")
+    torch._check_value(is_dense(t), lambda: f"{name} must be contiguous or channels-last (4-D) for the Triton "
+                       f"kernels, got strides {t.stride()} for shape {tuple(t.shape)}")
 
 
 def _matrix_view(x):
@@ -178,15 +165,15 @@ def _merged_std(shift, dsum, dsq, count, dims):
     return torch.sqrt(m2.clamp_min(0) / (total - 1))
 
 
-def _channel_std(x, scale, M, K, axis, seed, offset, write_y, y, mask):
+def _channel_std(x, scale, M, K, axis, philox, write_y, y, mask):
     """Launch the tile kernel with statistics; returns the unbiased std of every channel."""
     block_m, block_k = _tile_shape(M, K, axis)
     grid = (triton.cdiv(M, block_m), triton.cdiv(K, block_k))
     slots = (M, grid[1]) if axis == _PLANAR else (grid[0], K)
     shift, dsum, dsq = (torch.empty(slots, dtype=torch.float64, device=x.device) for _ in range(3))
-    _tile_kernel[grid](x, scale, y, mask, shift, dsum, dsq, M, K, x.shape[1], seed, offset,
-                       CHANNEL_AXIS=axis, WRITE_Y=write_y, STATS=True, BLOCK_M=block_m, BLOCK_K=block_k,
-                       enable_fp_fusion=False)
+    wrap_triton(_tile_kernel)[grid](x, scale, y, mask, shift, dsum, dsq, M, K, x.shape[1], philox,
+                                    CHANNEL_AXIS=axis, WRITE_Y=write_y, STATS=True, BLOCK_M=block_m,
+                                    BLOCK_K=block_k, enable_fp_fusion=False)
     if axis == _PLANAR:
         tile = torch.arange(grid[1], device=x.device)
         count = torch.clamp(K - tile * block_k, max=block_k)
@@ -197,51 +184,52 @@ def _channel_std(x, scale, M, K, axis, seed, offset, write_y, y, mask):
     return _merged_std(shift, dsum, dsq, count, (0,))
 
 
-def stoc_relu_ema_fwd(x, running_sigma, gamma, momentum, training, seed, offset):
-    """Forward on a dense ``x``: returns ``y`` (laid out like ``x``) and the packed uint8 mask.
+@triton_op("stochnet_triton::stoc_relu_ema", mutates_args=())
+def stoc_relu_ema(x: torch.Tensor, running_sigma: torch.Tensor, gamma: float, momentum: float, training: bool,
+                  philox: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward on a dense ``x``: (``y`` laid out like ``x``, the packed uint8 mask, the new sigma).
 
-    In training ``running_sigma`` is updated in place after the noise used its old value.
+    The new sigma is a copy of ``running_sigma``, updated in training from the statistics of x
+    (its old value scales the noise); ``running_sigma`` is left alone.
     """
-    _check_fwd_args(x, running_sigma, gamma, momentum, training)
-    check_seed(seed, offset)
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    checks.stoc_relu_ema(x, running_sigma, gamma, momentum, training)
+    checks.philox(philox)
+    _check_dense(x, "x")
+    philox = philox.to(x.device, non_blocking=True)
+    compute = checks.compute_dtype(x.dtype)
     # Same arithmetic as the reference: sigma in the compute dtype times sqrt(gamma) rounded to it.
     scale = running_sigma.to(compute) * math.sqrt(gamma)
     y = torch.empty_like(x)
     mask = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8, device=x.device)
+    sigma = running_sigma.clone()
     M, K, axis = _matrix_view(x)
     fused = K % 8 == 0
     if not fused:
         index_64 = x.numel() + _BLOCK_1D >= 2**31
         inner = 1 if axis == _ROWS else K
-        _flat_kernel[(triton.cdiv(x.numel(), _BLOCK_1D),)](
-            x, scale, y, mask, x.numel(), inner, x.shape[1], seed, offset,
+        wrap_triton(_flat_kernel)[(triton.cdiv(x.numel(), _BLOCK_1D),)](
+            x, scale, y, mask, x.numel(), inner, x.shape[1], philox,
             INDEX_64=index_64, BLOCK=_BLOCK_1D, enable_fp_fusion=False)
     if training:
-        std = _channel_std(x, scale, M, K, axis, seed, offset, fused, y, mask)
-        running_sigma.copy_((1 - momentum) * running_sigma.double() + momentum * std)
+        std = _channel_std(x, scale, M, K, axis, philox, fused, y, mask)
+        sigma.copy_((1 - momentum) * running_sigma.double() + momentum * std)
     elif fused:
         block_m, block_k = _tile_shape(M, K, axis)
         grid = (triton.cdiv(M, block_m), triton.cdiv(K, block_k))
-        _tile_kernel[grid](x, scale, y, mask, scale, scale, scale, M, K, x.shape[1], seed, offset,
-                           CHANNEL_AXIS=axis, WRITE_Y=True, STATS=False, BLOCK_M=block_m, BLOCK_K=block_k,
-                           enable_fp_fusion=False)
-    return y, mask
+        wrap_triton(_tile_kernel)[grid](x, scale, y, mask, scale, scale, scale, M, K, x.shape[1], philox,
+                                        CHANNEL_AXIS=axis, WRITE_Y=True, STATS=False, BLOCK_M=block_m,
+                                        BLOCK_K=block_k, enable_fp_fusion=False)
+    return y, mask, sigma
 
 
-def relu_mask_backward(grad, mask):
+@triton_op("stochnet_triton::stoc_relu_ema_backward", mutates_args=())
+def stoc_relu_ema_backward(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``grad`` where the mask bit of its memory position is set, else 0; laid out like ``grad``."""
-    check_device(grad, "grad")
-    if grad.numel() == 0:
-        raise ValueError("grad must not be empty")
+    checks.mask_backward(grad, mask)
+    torch._check_value(grad.numel() > 0, lambda: "grad must not be empty")
     _check_dense(grad, "grad")
-    if mask.device != grad.device:
-        raise ValueError(f"mask is on {mask.device} but grad is on {grad.device}")
-    nbytes = (grad.numel() + 7) // 8
-    if mask.dtype != torch.uint8 or not mask.is_contiguous() or mask.numel() != nbytes:
-        raise ValueError(f"mask must be a contiguous uint8 tensor of {nbytes} bytes, "
-                         f"got {mask.dtype} with {mask.numel()} elements")
+    torch._check_value(mask.is_contiguous(), lambda: f"mask must be contiguous, got strides {mask.stride()}")
     out = torch.empty_like(grad)
-    _mask_backward_kernel[(triton.cdiv(grad.numel(), _BLOCK_1D),)](
+    wrap_triton(_mask_backward_kernel)[(triton.cdiv(grad.numel(), _BLOCK_1D),)](
         grad, mask, out, grad.numel(), INDEX_64=grad.numel() + _BLOCK_1D >= 2**31, BLOCK=_BLOCK_1D)
     return out

@@ -1,37 +1,22 @@
-"""The public functional API: validated entry points to the fused ops."""
+"""The public functional API: validated entry points to the fused ops (checks in stochnet.ops.checks)."""
 import math
 
 import torch
 
+from .ops import checks
 from .ops import perturb as _perturb
 from .ops import pgd as _pgd
 from .ops import smoothing as _smoothing
 from .ops import stoc_relu_ema as _stoc_relu_ema
-from .ops.philox import check_philox, draw_seed
-
-_CPU_DTYPES = (torch.float32, torch.float64)
-_GPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _check_floating(x, name):
-    allowed = _CPU_DTYPES if x.device.type == "cpu" else _GPU_DTYPES
-    if x.dtype not in allowed:
-        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise TypeError(f"{name} must have dtype {names} on {x.device.type}, got {x.dtype}")
+from .ops.philox import draw_seed
 
 
 def _philox(philox):
     """The user's (seed, offset) tensor, checked, or a fresh one from torch's default generator."""
     if philox is None:
         return draw_seed()
-    check_philox(philox)
+    checks.philox_values(philox)
     return philox
-
-
-def _check_number(value, name):
-    """Not a tensor: the op takes it as a Python number, a tensor would silently lose its gradient."""
-    if isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a number, not a tensor: the op is not differentiable in it")
 
 
 def stoc_relu_ema(x, running_sigma, gamma, momentum=0.5, training=True, backend=None, philox=None):
@@ -53,33 +38,7 @@ def stoc_relu_ema(x, running_sigma, gamma, momentum=0.5, training=True, backend=
         philox: optional int64 (seed, offset) tensor of shape (2,); drawn from torch's
             default generator when None, so ``torch.manual_seed`` makes runs reproducible.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not isinstance(running_sigma, torch.Tensor):
-        raise TypeError(f"running_sigma must be a torch.Tensor, got {type(running_sigma).__name__}")
-    _check_floating(x, "x")
-    if x.dim() < 2:
-        raise ValueError(f"x must have shape (N, C) or (N, C, *), got shape {tuple(x.shape)}")
-    if x.numel() == 0:
-        raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
-    if running_sigma.device != x.device:
-        raise ValueError(f"running_sigma is on {running_sigma.device} but x is on {x.device}")
-    if running_sigma.dtype not in (torch.float32, x.dtype):
-        raise TypeError(f"running_sigma must be float32 or x's dtype {x.dtype}, got {running_sigma.dtype}")
-    if running_sigma.shape != (x.shape[1],):
-        raise ValueError(f"running_sigma must have shape ({x.shape[1]},) for x with {x.shape[1]} "
-                         f"channels, got {tuple(running_sigma.shape)}")
-    if not running_sigma.is_contiguous():
-        raise ValueError(f"running_sigma must be contiguous: it is updated in place, "
-                         f"got strides {running_sigma.stride()}")
-    _check_number(gamma, "gamma")
-    _check_number(momentum, "momentum")
-    if not (gamma >= 0):
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    if not (0.0 <= momentum <= 1.0):
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    if training and x.numel() // x.shape[1] < 2:
-        raise ValueError(f"x must have more than one value per channel in training, got shape {tuple(x.shape)}")
+    checks.stoc_relu_ema(x, running_sigma, gamma, momentum, training)
     return _stoc_relu_ema.stoc_relu_ema(x, running_sigma, float(gamma), float(momentum), bool(training),
                                         _philox(philox), backend)
 
@@ -97,29 +56,8 @@ def perturb(x, theta, backend=None, philox=None):
         philox: optional int64 (seed, offset) tensor of shape (2,); drawn from torch's default
             generator when None.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not isinstance(theta, torch.Tensor):
-        raise TypeError(f"theta must be a torch.Tensor, got {type(theta).__name__}")
-    _check_floating(x, "x")
-    if x.dim() < 2 or x.numel() == 0:
-        raise ValueError(f"x must be a non-empty tensor of shape (N, C, *), got shape {tuple(x.shape)}")
-    if theta.device != x.device:
-        raise ValueError(f"theta is on {theta.device} but x is on {x.device}")
-    if theta.dtype not in (x.dtype, torch.float32):
-        raise TypeError(f"theta must have x's dtype {x.dtype} or float32, got {theta.dtype}")
-    scalar = theta.numel() == 1
-    per_channel = theta.dim() == 1 and theta.shape[0] == x.shape[1]
-    if not (scalar or per_channel or tuple(theta.shape) == tuple(x.shape[1:])):
-        raise ValueError(f"theta must be a scalar, of shape ({x.shape[1]},) or of the feature-map shape "
-                         f"{tuple(x.shape[1:])} to broadcast over x of shape {tuple(x.shape)}, "
-                         f"got {tuple(theta.shape)}")
+    checks.perturb(x, theta)
     return _perturb.perturb(x, theta, _philox(philox), backend)
-
-
-def _check_count(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def noisy_repeat(x, m, sigma, backend=None, philox=None):
@@ -139,14 +77,7 @@ def noisy_repeat(x, m, sigma, backend=None, philox=None):
         philox: optional int64 (seed, offset) tensor of shape (2,); drawn from torch's default
             generator when None.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    _check_floating(x, "x")
-    if x.dim() < 1 or x.numel() == 0:
-        raise ValueError(f"x must be a non-empty tensor of shape (B, *), got shape {tuple(x.shape)}")
-    _check_count(m, "m")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+    checks.noisy_repeat(x, m, sigma)
     return _smoothing.noisy_repeat(x, m, float(sigma), _philox(philox), backend)
 
 
@@ -167,75 +98,8 @@ def vote(logits, m, mode="prediction", backend=None):
         mode: 'prediction', 'soft' or 'weighted'.
         backend: 'cpp', 'cuda', 'triton', 'torch' or None for the default of the logits' device.
     """
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    _check_floating(logits, "logits")
-    if logits.dim() != 2 or logits.numel() == 0:
-        raise ValueError(f"logits must be a non-empty (B*m, K) tensor, got shape {tuple(logits.shape)}")
-    _check_count(m, "m")
-    if logits.shape[0] % m:
-        raise ValueError(f"logits has {logits.shape[0]} rows, not divisible by m={m}: rows must be B*m")
-    if mode not in _smoothing.VOTE_MODES:
-        raise ValueError(f"mode must be one of {_smoothing.VOTE_MODES}, got {mode!r}")
+    checks.vote(logits, m, mode)
     return _smoothing.vote(logits, m, mode, backend)
-
-
-def _check_pgd_tensor(t, name, like=None, like_name="x_adv"):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if like is None:
-        _check_floating(t, name)
-        if t.dim() < 1 or t.numel() == 0:
-            raise ValueError(f"{name} must be a non-empty tensor of shape (B, *), got shape {tuple(t.shape)}")
-        return
-    if t.device != like.device:
-        raise ValueError(f"{name} is on {t.device} but {like_name} is on {like.device}")
-    if t.dtype != like.dtype:
-        raise TypeError(f"{name} must have {like_name}'s dtype {like.dtype}, got {t.dtype}")
-    if t.shape != like.shape:
-        raise ValueError(f"{name} must have {like_name}'s shape {tuple(like.shape)}, got {tuple(t.shape)}")
-
-
-def _check_clip(clip):
-    if not (isinstance(clip, (tuple, list)) and len(clip) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in clip)):
-        raise TypeError(f"clip must be a (lo, hi) pair of numbers, got {clip!r}")
-    lo, hi = float(clip[0]), float(clip[1])
-    if not lo < hi:
-        raise ValueError(f"clip must have lo < hi, got {clip!r}")
-    return lo, hi
-
-
-def _check_budget(value, name, x, clip_range=None):
-    """eps / alpha: a number or a (B,) floating tensor on x's device, >= 0 (and <= clip_range)."""
-    if isinstance(value, torch.Tensor):
-        if not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating tensor, got {value.dtype}")
-        if value.shape != (x.shape[0],):
-            raise ValueError(f"{name} must be a number or a tensor of shape ({x.shape[0]},) (one per sample), "
-                             f"got shape {tuple(value.shape)}")
-        if value.device != x.device:
-            raise ValueError(f"{name} is on {value.device} but the input is on {x.device}")
-        low, high = value.min().item(), value.max().item()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        low = high = float(value)
-    else:
-        raise TypeError(f"{name} must be a float or a tensor of shape ({x.shape[0]},), got {type(value).__name__}")
-    if not low >= 0:
-        raise ValueError(f"{name} must be >= 0, got {low}")
-    if clip_range is not None and high > clip_range:
-        raise ValueError(f"{name} must not exceed the clip range ({clip_range}: hi - lo for linf, "
-                         f"(hi - lo) * sqrt(elements per sample) for l2), got {high}")
-
-
-def _check_norm(norm):
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-
-
-def _eps_bound(norm, lo, hi, x):
-    """The largest meaningful eps: the diameter of the clip box in the attack's norm."""
-    return (hi - lo) if norm == "linf" else (hi - lo) * math.sqrt(x[0].numel())
 
 
 def pgd_step(x_adv, grad, x_orig, eps, alpha, norm="linf", clip=(0.0, 1.0), backend=None):
@@ -259,13 +123,13 @@ def pgd_step(x_adv, grad, x_orig, eps, alpha, norm="linf", clip=(0.0, 1.0), back
 
     Returns a new tensor; the inputs are not modified.
     """
-    _check_pgd_tensor(x_adv, "x_adv")
-    _check_pgd_tensor(grad, "grad", x_adv)
-    _check_pgd_tensor(x_orig, "x_orig", x_adv)
-    _check_norm(norm)
-    lo, hi = _check_clip(clip)
-    _check_budget(eps, "eps", x_adv, _eps_bound(norm, lo, hi, x_adv))
-    _check_budget(alpha, "alpha", x_adv)
+    checks.batched(x_adv, "x_adv")
+    checks.like(grad, "grad", x_adv)
+    checks.like(x_orig, "x_orig", x_adv)
+    checks.norm(norm)
+    lo, hi = checks.clip(clip)
+    checks.budget(eps, "eps", x_adv, checks.eps_bound(norm, lo, hi, x_adv))
+    checks.budget(alpha, "alpha", x_adv)
     return _pgd.pgd_step(x_adv, grad, x_orig, eps, alpha, norm, lo, hi, backend)
 
 
@@ -283,19 +147,20 @@ def mim_step(x_adv, grad, x_orig, momentum, eps, alpha, mu=1.0, clip=(0.0, 1.0),
         mu: the momentum decay factor.
         Other arguments as :func:`pgd_step`.
     """
-    _check_pgd_tensor(x_adv, "x_adv")
-    _check_pgd_tensor(grad, "grad", x_adv)
-    _check_pgd_tensor(x_orig, "x_orig", x_adv)
-    _check_pgd_tensor(momentum, "momentum", x_adv)
-    if not momentum.is_contiguous():
-        raise ValueError("momentum must be contiguous: it is updated in place")
+    checks.batched(x_adv, "x_adv")
+    checks.like(grad, "grad", x_adv)
+    checks.like(x_orig, "x_orig", x_adv)
+    checks.momentum(momentum, x_adv)
     if momentum.requires_grad:
         raise ValueError("momentum must not require grad: it is updated in place and the step is not differentiable")
-    if not (isinstance(mu, (int, float)) and not isinstance(mu, bool) and math.isfinite(mu)):
+    if not torch.compiler.is_compiling():
+        checks.momentum_unaliased(momentum, x_adv=x_adv, grad=grad, x_orig=x_orig)
+    checks.number(mu, "mu")
+    if not math.isfinite(mu):
         raise TypeError(f"mu must be a finite number, got {mu!r}")
-    lo, hi = _check_clip(clip)
-    _check_budget(eps, "eps", x_adv, hi - lo)
-    _check_budget(alpha, "alpha", x_adv)
+    lo, hi = checks.clip(clip)
+    checks.budget(eps, "eps", x_adv, hi - lo)
+    checks.budget(alpha, "alpha", x_adv)
     return _pgd.mim_step(x_adv, grad, x_orig, momentum, eps, alpha, float(mu), lo, hi, backend)
 
 
@@ -314,10 +179,10 @@ def random_start(x_orig, eps, norm="linf", clip=(0.0, 1.0), backend=None, philox
         philox: optional int64 (seed, offset) tensor of shape (2,); drawn from torch's default
             generator when None, so ``torch.manual_seed`` makes starts reproducible.
     """
-    _check_pgd_tensor(x_orig, "x_orig")
-    _check_norm(norm)
-    lo, hi = _check_clip(clip)
-    _check_budget(eps, "eps", x_orig, _eps_bound(norm, lo, hi, x_orig))
+    checks.batched(x_orig, "x_orig")
+    checks.norm(norm)
+    lo, hi = checks.clip(clip)
+    checks.budget(eps, "eps", x_orig, checks.eps_bound(norm, lo, hi, x_orig))
     return _pgd.random_start(x_orig, eps, norm, lo, hi, _philox(philox), backend)
 
 

@@ -7,9 +7,6 @@ import torch
 
 import stochnet
 from stochnet import functional as F
-from stochnet.ops import perturb as perturb_ops
-from stochnet.ops import smoothing as smoothing_ops
-from stochnet.ops import stoc_relu_ema as stoc_relu_ema_ops
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ["torch", "cpp"] if DEVICE == "cpu" else ["torch", "cuda"]
@@ -17,6 +14,7 @@ if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
     BACKENDS.append("triton")
 KERNEL_BACKENDS = [b for b in BACKENDS if b != "torch"]
 PHILOX = torch.tensor([12345, 0])
+OPS = torch.ops.stochnet
 
 
 def _x(*shape, dtype=torch.float32):
@@ -44,37 +42,27 @@ NOISE_CALLS = _noise_calls(0.0)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_philox_tensor_on_another_device_is_an_error_not_garbage(backend, call):
     x = torch.zeros(2, 3, 4, device=DEVICE)
-    with pytest.raises(ValueError, match="philox must be an int64 CPU tensor of shape"):
+    with pytest.raises(ValueError, match="philox must be a CPU tensor, got one on meta"):
         call(x, backend, torch.tensor([1, 0], device="meta"))
-    with pytest.raises(ValueError, match="philox must be an int64 CPU tensor of shape"):
+    with pytest.raises(ValueError, match=r"philox must be an int64 tensor of shape \(2,\) holding \(seed, offset\)"):
         call(x, backend, torch.tensor([1.0, 0.0]))
 
 
 META_OP_CALLS = {
-    "perturb": lambda x, m: perturb_ops.perturb_op(x, m(torch.zeros(3)), PHILOX, "cpp"),
-    "perturb_philox": lambda x, m: perturb_ops.perturb_op(x, torch.zeros(3), m(PHILOX), "cpp"),
-    "perturb_theta_grad": lambda x, m: perturb_ops.perturb_theta_grad_op(x, m(torch.zeros(3)), PHILOX, "cpp"),
-    "noisy_repeat": lambda x, m: smoothing_ops.noisy_repeat_op(x, 2, 0.0, m(PHILOX), "cpp"),
-    "vote_soft_grad": lambda x, m: smoothing_ops.vote_soft_grad_op(m(torch.zeros(1, 4)), x.view(6, 4), 6, "cpp"),
-    "stoc_relu_ema": lambda x, m: stoc_relu_ema_ops.stoc_relu_ema_op(x, m(torch.zeros(3)), 0.1, 0.5, True, PHILOX,
-                                                                     "cpp"),
-    "stoc_relu_ema_backward": lambda x, m: stoc_relu_ema_ops.stoc_relu_ema_backward_op(
-        x, m(torch.zeros(3, dtype=torch.uint8)), "cpp"),
-    "pgd_step": lambda x, m: torch.ops.stochnet.pgd_step(x, m(x), x, torch.ones(2), torch.ones(2), "linf", 0.0, 1.0,
-                                                         "cpp"),
-    "mim_step": lambda x, m: torch.ops.stochnet.mim_step(x, x, x, m(x), torch.ones(2), torch.ones(2), 1.0, 0.0, 1.0,
-                                                         "cpp"),
-    "random_start": lambda x, m: torch.ops.stochnet.random_start(x, m(torch.ones(2)), "linf", 0.0, 1.0, PHILOX, "cpp"),
-    "stoc_relu_ema_fwd": lambda x, m: torch.ops.stochnet.stoc_relu_ema_fwd(x, m(torch.zeros(3)), 0.1, 0.5, True, 1, 0),
-    "relu_mask_backward": lambda x, m: torch.ops.stochnet.relu_mask_backward(x, m(torch.zeros(3, dtype=torch.uint8))),
-    "perturb_fwd": lambda x, m: torch.ops.stochnet.perturb_fwd(x, m(torch.zeros(3)), 1, 0),
-    "perturb_bwd": lambda x, m: torch.ops.stochnet.perturb_bwd(x, m(torch.zeros(3)), 1, 0),
-    "pgd_step_fwd": lambda x, m: torch.ops.stochnet.pgd_step_fwd(x, x, x, m(torch.ones(2)), torch.ones(2), "linf",
-                                                                 0.0, 1.0),
-    "mim_step_fwd": lambda x, m: torch.ops.stochnet.mim_step_fwd(x, x, x, m(x), torch.ones(2), torch.ones(2), 1.0,
-                                                                 0.0, 1.0),
-    "random_start_fwd": lambda x, m: torch.ops.stochnet.random_start_fwd(x, m(torch.ones(2)), "linf", 0.0, 1.0, 1, 0),
-    "vote_soft_bwd": lambda x, m: torch.ops.stochnet.vote_soft_bwd(m(torch.zeros(1, 4)), x.view(6, 4), 6),
+    "perturb": lambda x, m: OPS.perturb(x, m(torch.zeros(3)), PHILOX),
+    "perturb_philox": lambda x, m: OPS.perturb(x, torch.zeros(3), m(PHILOX)),
+    "perturb_backward": lambda x, m: OPS.perturb_backward(x, m(torch.zeros(3)), PHILOX),
+    "perturb_backward_philox": lambda x, m: OPS.perturb_backward(x, torch.zeros(3), m(PHILOX)),
+    "noisy_repeat_philox": lambda x, m: OPS.noisy_repeat(x, 2, 0.0, m(PHILOX)),
+    "vote_backward": lambda x, m: OPS.vote_backward(m(torch.zeros(1, 4)), x.view(6, 4), 6),
+    "stoc_relu_ema": lambda x, m: OPS.stoc_relu_ema(x, m(torch.zeros(3)), 0.1, 0.5, True, PHILOX),
+    "stoc_relu_ema_philox": lambda x, m: OPS.stoc_relu_ema(x, torch.zeros(3), 0.1, 0.5, True, m(PHILOX)),
+    "stoc_relu_ema_backward": lambda x, m: OPS.stoc_relu_ema_backward(x, m(torch.zeros(3, dtype=torch.uint8))),
+    "pgd_step": lambda x, m: OPS.pgd_step(x, m(x), x, torch.ones(2), torch.ones(2), "linf", 0.0, 1.0),
+    "pgd_step_eps": lambda x, m: OPS.pgd_step(x, x, x, m(torch.ones(2)), torch.ones(2), "linf", 0.0, 1.0),
+    "mim_step": lambda x, m: OPS.mim_step(x, x, x, m(x), torch.ones(2), torch.ones(2), 1.0, 0.0, 1.0),
+    "random_start": lambda x, m: OPS.random_start(x, m(torch.ones(2)), "linf", 0.0, 1.0, PHILOX),
+    "random_start_philox": lambda x, m: OPS.random_start(x, torch.ones(2), "linf", 0.0, 1.0, m(PHILOX)),
 }
 
 
@@ -88,9 +76,14 @@ def test_ops_reject_arguments_on_mixed_devices(call):
 
 def test_all_meta_arguments_still_trace():
     x = torch.zeros(2, 3, 4, device="meta")
-    y = perturb_ops.perturb_op(x, torch.zeros(3, device="meta"), PHILOX, "cpp")
+    y = OPS.perturb(x, torch.zeros(3, device="meta"), PHILOX)
     assert y.device.type == "meta" and y.shape == x.shape
-    assert torch.ops.stochnet.perturb_fwd(x, torch.zeros(3, device="meta"), 1, 0).shape == x.shape
+    assert OPS.perturb_backward(x, torch.zeros(3, device="meta"), PHILOX).shape == (3,)
+    assert OPS.noisy_repeat(x, 2, 0.5, PHILOX).shape == (4, 3, 4)
+    y, mask, sigma = OPS.stoc_relu_ema(x, torch.zeros(3, device="meta"), 0.1, 0.5, True, PHILOX)
+    assert y.shape == x.shape and mask.shape == (3,) and mask.dtype == torch.uint8 and sigma.shape == (3,)
+    assert all(t.device.type == "meta" for t in (y, mask, sigma))
+    assert OPS.random_start(x, torch.ones(2, device="meta"), "l2", 0.0, 1.0, PHILOX).shape == x.shape
 
 
 # ---------------------------------------------------- StocReLUEMA state on a rejected batch (item 3)
@@ -215,13 +208,31 @@ def test_the_largest_seeds_and_offsets_give_one_stream_on_every_backend(call):
     assert not torch.equal(reference, call(x, "torch", torch.tensor([2**63 - 1, 0])))
 
 
-def test_kernel_ops_reject_negative_seeds_and_offsets():
-    x, theta = torch.zeros(2, 3, 4), torch.zeros(3)
+KERNEL_NOISE_CALLS = {
+    "perturb": lambda philox: OPS.perturb(torch.zeros(2, 3, 4), torch.zeros(3), philox),
+    "perturb_backward": lambda philox: OPS.perturb_backward(torch.zeros(2, 3, 4), torch.zeros(3), philox),
+    "noisy_repeat": lambda philox: OPS.noisy_repeat(torch.zeros(2, 3, 4), 2, 0.5, philox),
+    "stoc_relu_ema": lambda philox: OPS.stoc_relu_ema(torch.zeros(2, 3, 4), torch.zeros(3), 0.1, 0.5, True, philox),
+    "random_start": lambda philox: OPS.random_start(torch.zeros(2, 3, 4), torch.ones(2), "l2", 0.0, 1.0, philox),
+    "philox_words_out": lambda philox: OPS.philox_words_out(philox, torch.empty(4, dtype=torch.int32)),
+    "philox_uniform_out": lambda philox: OPS.philox_uniform_out(philox, torch.empty(4)),
+    "philox_normal_out": lambda philox: OPS.philox_normal_out(philox, torch.empty(4)),
+}
+
+
+@pytest.mark.parametrize("call", KERNEL_NOISE_CALLS.values(), ids=KERNEL_NOISE_CALLS.keys())
+def test_kernel_ops_reject_negative_seeds_and_offsets(call):
     for seed, offset in ((-1, 0), (0, -1)):
-        with pytest.raises(RuntimeError, match="seed and offset must be >= 0"):
-            torch.ops.stochnet.perturb_fwd(x, theta, seed, offset)
-        with pytest.raises(RuntimeError, match="seed and offset must be >= 0"):
-            torch.ops.stochnet.philox_normal_out(seed, offset, torch.empty(4))
+        with pytest.raises(ValueError, match=r"philox must hold a seed and an offset >= 0"):
+            call(torch.tensor([seed, offset]))
+
+
+@pytest.mark.parametrize("call", KERNEL_NOISE_CALLS.values(), ids=KERNEL_NOISE_CALLS.keys())
+def test_kernel_ops_reject_a_philox_of_another_dtype_or_shape(call):
+    for philox in (torch.tensor([1.0, 0.0]), torch.tensor([1, 0], dtype=torch.int32), torch.tensor([1, 0, 0]),
+                   torch.tensor([[1, 0]]), torch.tensor(1)):
+        with pytest.raises(ValueError, match=r"philox must be an int64 CPU tensor of shape \(2,\)"):
+            call(philox)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -234,9 +245,9 @@ def test_a_non_contiguous_running_sigma_is_rejected(backend):
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="needs Triton")
 def test_triton_kernel_names_the_contiguity_of_sigma():
-    from stochnet.kernels import stoc_relu_ema as kernels
-    with pytest.raises(ValueError, match=r"running_sigma must be contiguous, got strides \(2,\)"):
-        kernels.stoc_relu_ema_fwd(_x(4, 3), torch.ones(6, device=DEVICE)[::2], 0.1, 0.5, True, 1, 0)
+    from stochnet.ops.library import triton_ops
+    with pytest.raises(ValueError, match=r"running_sigma must be contiguous.*got strides \(2,\)"):
+        triton_ops().stoc_relu_ema(_x(4, 3), torch.ones(6, device=DEVICE)[::2], 0.1, 0.5, True, PHILOX)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -269,4 +280,4 @@ def test_a_momentum_sharing_memory_with_an_input_is_rejected(backend, alias):
 def test_kernel_ops_reject_a_momentum_aliasing_an_input():
     x, eps = torch.rand(2, 4), torch.full((2,), 0.1)
     with pytest.raises(ValueError, match="momentum shares memory with x_adv"):
-        torch.ops.stochnet.mim_step_fwd(x, torch.randn(2, 4), x.clone(), x, eps, eps, 1.0, 0.0, 1.0)
+        OPS.mim_step(x, torch.randn(2, 4), x.clone(), x, eps, eps, 1.0, 0.0, 1.0)

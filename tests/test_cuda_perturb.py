@@ -5,9 +5,10 @@ Skips without a CUDA device or when stochnet was built without its CUDA sources.
 import pytest
 import torch
 
+from stochnet import functional
 from stochnet.ops import philox
 from stochnet.ops.perturb import reference, reference_theta_grad, theta_view
-from cuda_device import SEEDS, requires_cuda_kernels
+from cuda_device import SEEDS, philox_tensor, requires_cuda_kernels
 
 
 pytestmark = requires_cuda_kernels
@@ -59,7 +60,7 @@ def _misaligned(t):
 
 
 def _check_forward(x, theta, seed, offset):
-    y = OPS.perturb_fwd(x, theta, seed, offset)
+    y = OPS.perturb(x, theta, philox_tensor(seed, offset))
     assert y.dtype == x.dtype and y.shape == x.shape and y.is_contiguous()
     expected = reference(x, theta, seed, offset)
     rtol, atol = Y_TOL[x.dtype]
@@ -76,7 +77,7 @@ def _theta_grad_bound(grad, theta, seed, offset):
 
 
 def _check_backward(grad, theta, seed, offset):
-    out = OPS.perturb_bwd(grad, theta, seed, offset)
+    out = OPS.perturb_backward(grad, theta, philox_tensor(seed, offset))
     assert out.dtype == theta.dtype and out.shape == theta.shape
     expected = reference_theta_grad(grad, theta, seed, offset).double()
     bound = _theta_grad_bound(grad, theta, seed, offset)
@@ -118,7 +119,7 @@ def test_forward_misaligned(dtype, mode):
 
 def test_forward_zero_theta_is_identity():
     x = _make((4, 8, 6, 6), torch.float32)
-    y = OPS.perturb_fwd(x, torch.zeros(8, device=DEVICE), 1, 2)
+    y = OPS.perturb(x, torch.zeros(8, device=DEVICE), philox_tensor(1, 2))
     assert torch.equal(y, x)
 
 
@@ -156,7 +157,7 @@ def test_backward_large_and_deterministic(shape, mode):
     theta = _make_theta(shape, mode, torch.float32)
     first = _check_backward(grad, theta, 2024, 11)
     for _ in range(2):
-        assert torch.equal(OPS.perturb_bwd(grad, theta, 2024, 11), first)
+        assert torch.equal(OPS.perturb_backward(grad, theta, philox_tensor(2024, 11)), first)
 
 
 def test_backward_is_sum_of_grad_times_noise():
@@ -165,25 +166,24 @@ def test_backward_is_sum_of_grad_times_noise():
     grad = torch.zeros(shape, device=DEVICE)
     grad[:, 1] = 1
     theta = torch.ones(3, device=DEVICE)
-    out = OPS.perturb_bwd(grad, theta, 77, 0)
+    out = OPS.perturb_backward(grad, theta, philox_tensor(77, 0))
     z = philox.normal_like(grad, 77, 0).double()
     assert out[0].item() == 0 and out[2].item() == 0
     assert abs(out[1].item() - z[:, 1].sum().item()) < 1e-4
 
 
-# --- through the custom op and autograd -----------------------------------------------------------
+# --- through the public API and the registered autograd -------------------------------------------
 
 @pytest.mark.parametrize("mode", MODES)
 def test_autograd_matches_torch_backend(mode):
-    from stochnet.ops.perturb import perturb_op
     shape = (4, 6, 5, 5)
     x = _make(shape, torch.float32)
-    philox_pair = torch.tensor([31337, 5], dtype=torch.int64)
+    philox_pair = philox_tensor(31337, 5)
     outs = {}
     for backend in ("cuda", "torch"):
         xb = x.clone().requires_grad_(True)
         theta = _make_theta(shape, mode, torch.float32).requires_grad_(True)
-        y = perturb_op(xb, theta, philox_pair, backend)
+        y = functional.perturb(xb, theta, backend=backend, philox=philox_pair)
         (y * torch.linspace(-1, 1, y.numel(), device=DEVICE).view(shape)).sum().backward()
         outs[backend] = (y.detach(), xb.grad, theta.grad)
     torch.testing.assert_close(outs["cuda"][0], outs["torch"][0], rtol=1e-5, atol=1e-5)
@@ -191,15 +191,30 @@ def test_autograd_matches_torch_backend(mode):
     torch.testing.assert_close(outs["cuda"][2], outs["torch"][2], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_opcheck(mode):
+    shape = (2, 4, 3, 5)
+    x = _make(shape, torch.float32).requires_grad_()
+    theta = _make_theta(shape, mode, torch.float32).requires_grad_()
+    torch.library.opcheck(OPS.perturb.default, (x, theta, philox_tensor(5, 7)))
+    torch.library.opcheck(OPS.perturb_backward.default, (_make(shape, torch.float32, seed=3), theta.detach(),
+                                                         philox_tensor(5, 7)))
+
+
 # --- argument checks ------------------------------------------------------------------------------
 
 def test_rejects_bad_arguments():
     x = _make((2, 3, 4, 4), torch.float32)
+    p = philox_tensor(0, 0)
     with pytest.raises(RuntimeError, match="theta must have"):
-        OPS.perturb_fwd(x, torch.ones(5, device=DEVICE), 0, 0)
+        OPS.perturb(x, torch.ones(5, device=DEVICE), p)
     with pytest.raises(RuntimeError, match="theta must be float32"):
-        OPS.perturb_fwd(x, torch.ones(3, dtype=torch.float64, device=DEVICE), 0, 0)
+        OPS.perturb(x, torch.ones(3, dtype=torch.float64, device=DEVICE), p)
     with pytest.raises(RuntimeError, match="theta is on"):
-        OPS.perturb_bwd(x, torch.ones(3), 0, 0)
+        OPS.perturb_backward(x, torch.ones(3), p)
     with pytest.raises(RuntimeError, match="must be contiguous"):
-        OPS.perturb_bwd(x.transpose(2, 3), torch.ones(3, device=DEVICE), 0, 0)
+        OPS.perturb_backward(x.transpose(2, 3), torch.ones(3, device=DEVICE), p)
+    with pytest.raises(ValueError, match=r"philox must be an int64 CPU tensor of shape \(2,\)"):
+        OPS.perturb(x, torch.ones(3, device=DEVICE), p.to(DEVICE))
+    with pytest.raises(ValueError, match=r"philox must hold a seed and an offset >= 0"):
+        OPS.perturb_backward(x, torch.ones(3, device=DEVICE), philox_tensor(-1, 0))

@@ -7,7 +7,7 @@ import torch
 
 from stochnet import functional
 from stochnet.ops.smoothing import WEIGHTED_RANKS, reference_noisy_repeat, reference_vote, reference_vote_soft_grad
-from cuda_device import SEEDS, requires_cuda_kernels
+from cuda_device import SEEDS, philox_tensor, requires_cuda_kernels
 
 
 pytestmark = requires_cuda_kernels
@@ -68,7 +68,7 @@ def _tied_logits(rows, classes, dtype, seed=0):
 
 
 def _check_noisy_repeat(x, m, sigma, seed, offset):
-    y = OPS.noisy_repeat_fwd(x, m, sigma, seed, offset)
+    y = OPS.noisy_repeat(x, m, sigma, philox_tensor(seed, offset))
     assert y.dtype == x.dtype and y.shape == (x.shape[0] * m,) + tuple(x.shape[1:]) and y.is_contiguous()
     rtol, atol = Y_TOL[x.dtype]
     torch.testing.assert_close(y, reference_noisy_repeat(x, m, sigma, seed, offset), rtol=rtol, atol=atol * sigma)
@@ -76,7 +76,7 @@ def _check_noisy_repeat(x, m, sigma, seed, offset):
 
 
 def _check_vote(logits, m, mode):
-    votes = OPS.vote_fwd(logits, m, mode)
+    votes = OPS.vote(logits, m, mode)
     expected = reference_vote(logits, m, mode)
     assert votes.dtype == expected.dtype and votes.shape == expected.shape
     if mode == "prediction":
@@ -124,14 +124,14 @@ def test_noisy_repeat_large_inputs_split_copies_in_chunks(shape, m):
 @pytest.mark.parametrize("shape", [(3, 4, 5), (2, 8)], ids=str)
 def test_noisy_repeat_zero_sigma_is_exact_copies(dtype, shape):
     x = _make(shape, dtype)
-    assert torch.equal(OPS.noisy_repeat_fwd(x, 5, 0.0, 1, 2), x.repeat_interleave(5, dim=0))
+    assert torch.equal(OPS.noisy_repeat(x, 5, 0.0, philox_tensor(1, 2)), x.repeat_interleave(5, dim=0))
 
 
 def test_noisy_repeat_is_deterministic_and_each_copy_draws_its_own_noise():
     x = _make((3, 2, 6), torch.float32)
-    first = OPS.noisy_repeat_fwd(x, 4, SIGMA, 77, 5)
-    assert torch.equal(first, OPS.noisy_repeat_fwd(x, 4, SIGMA, 77, 5))
-    assert not torch.equal(first, OPS.noisy_repeat_fwd(x, 4, SIGMA, 77, 6))
+    first = OPS.noisy_repeat(x, 4, SIGMA, philox_tensor(77, 5))
+    assert torch.equal(first, OPS.noisy_repeat(x, 4, SIGMA, philox_tensor(77, 5)))
+    assert not torch.equal(first, OPS.noisy_repeat(x, 4, SIGMA, philox_tensor(77, 6)))
     copies = first.view(3, 4, 12)
     assert not torch.equal(copies[:, 0], copies[:, 1])
 
@@ -139,8 +139,9 @@ def test_noisy_repeat_is_deterministic_and_each_copy_draws_its_own_noise():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_noisy_repeat_agrees_with_cpu_kernel(dtype):
     x = _make((3, 5, 7), dtype)
-    y_cpu = OPS.noisy_repeat_fwd(x.cpu(), 3, SIGMA, 99, 4)
-    torch.testing.assert_close(OPS.noisy_repeat_fwd(x, 3, SIGMA, 99, 4).cpu(), y_cpu, rtol=1e-5, atol=1e-5 * SIGMA)
+    y_cpu = OPS.noisy_repeat(x.cpu(), 3, SIGMA, philox_tensor(99, 4))
+    y = OPS.noisy_repeat(x, 3, SIGMA, philox_tensor(99, 4))
+    torch.testing.assert_close(y.cpu(), y_cpu, rtol=1e-5, atol=1e-5 * SIGMA)
 
 
 def test_noisy_repeat_through_the_cuda_backend_with_autograd():
@@ -180,21 +181,21 @@ def test_prediction_counts_the_first_maximum_and_the_first_nan():
     nan = float("nan")
     logits = torch.tensor([[1.0, 3.0, 3.0], [nan, 5.0, nan], [-1.0, -0.0, 0.0], [2.0, 1.0, 2.0]], device=DEVICE)
     expected = torch.tensor([[1, 1, 0], [1, 1, 0]], device=DEVICE)
-    assert torch.equal(OPS.vote_fwd(logits, 2, "prediction"), expected)
+    assert torch.equal(OPS.vote(logits, 2, "prediction"), expected)
 
 
 def test_weighted_vote_ranks_every_class_by_powers_of_two():
     logits = torch.tensor([[0.1, 3.0, -1.0, 3.0], [float("nan"), 0.0, 2.0, float("nan")]], device=DEVICE)
     # Row 0 ranks classes 1, 3, 0, 2 (equal logits by index); row 1 ranks the NaNs 0, 3 first, then 2, 1.
     expected = torch.tensor([[0.25 + 1.0, 1.0 + 0.125, 0.125 + 0.25, 0.5 + 0.5]], device=DEVICE)
-    assert torch.equal(OPS.vote_fwd(logits, 2, "weighted"), expected)
+    assert torch.equal(OPS.vote(logits, 2, "weighted"), expected)
 
 
 def test_weighted_vote_stops_after_the_last_rank():
     # Decreasing logits: class k has rank k; ranks from WEIGHTED_RANKS on add nothing.
     classes = WEIGHTED_RANKS + 8
     logits = -torch.arange(classes, dtype=torch.float64, device=DEVICE).view(1, classes)
-    scores = OPS.vote_fwd(logits, 1, "weighted")
+    scores = OPS.vote(logits, 1, "weighted")
     expected = torch.zeros(1, classes, dtype=torch.float64, device=DEVICE)
     expected[0, :WEIGHTED_RANKS] = 2.0 ** -torch.arange(WEIGHTED_RANKS, dtype=torch.float64, device=DEVICE)
     assert torch.equal(scores, expected)
@@ -203,15 +204,15 @@ def test_weighted_vote_stops_after_the_last_rank():
 @pytest.mark.parametrize("mode", ["soft", "weighted"])
 def test_float_votes_are_deterministic(mode):
     logits = _make((5 * 100, 37), torch.float32, seed=6)
-    first = OPS.vote_fwd(logits, 100, mode)
+    first = OPS.vote(logits, 100, mode)
     for _ in range(2):
-        assert torch.equal(OPS.vote_fwd(logits, 100, mode), first)
+        assert torch.equal(OPS.vote(logits, 100, mode), first)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_vote_agrees_with_cpu_kernel(mode):
     logits = _make((4 * 6, 45), torch.float32, seed=7)
-    torch.testing.assert_close(OPS.vote_fwd(logits, 6, mode).cpu(), OPS.vote_fwd(logits.cpu(), 6, mode),
+    torch.testing.assert_close(OPS.vote(logits, 6, mode).cpu(), OPS.vote(logits.cpu(), 6, mode),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -232,7 +233,7 @@ def test_vote_through_the_cuda_backend(mode):
 def test_soft_backward_matches_reference(batch, m, classes, dtype):
     logits = _make((batch * m, classes), dtype)
     grad = _make((batch, classes), dtype, seed=1)
-    d_logits = OPS.vote_soft_bwd(grad, logits, m)
+    d_logits = OPS.vote_backward(grad, logits, m)
     assert d_logits.dtype == dtype and d_logits.shape == logits.shape
     torch.testing.assert_close(d_logits, reference_vote_soft_grad(grad, logits, m))
 
@@ -240,7 +241,7 @@ def test_soft_backward_matches_reference(batch, m, classes, dtype):
 def test_soft_backward_nan_rows_stay_nan():
     logits = _tied_logits(2 * 3, 8, torch.float32)
     grad = _make((2, 8), torch.float32, seed=2)
-    torch.testing.assert_close(OPS.vote_soft_bwd(grad, logits, 3), reference_vote_soft_grad(grad, logits, 3),
+    torch.testing.assert_close(OPS.vote_backward(grad, logits, 3), reference_vote_soft_grad(grad, logits, 3),
                                equal_nan=True)
 
 
@@ -257,48 +258,52 @@ def test_soft_vote_gradient_through_the_cuda_backend():
 def test_rejects_bad_arguments():
     x = _make((2, 3, 4), torch.float32)
     with pytest.raises(RuntimeError, match="m must be >= 1"):
-        OPS.noisy_repeat_fwd(x, 0, SIGMA, 0, 0)
+        OPS.noisy_repeat(x, 0, SIGMA, philox_tensor(0, 0))
     with pytest.raises(RuntimeError, match="sigma must be a finite number >= 0"):
-        OPS.noisy_repeat_fwd(x, 2, -1.0, 0, 0)
+        OPS.noisy_repeat(x, 2, -1.0, philox_tensor(0, 0))
     with pytest.raises(RuntimeError, match="sigma must be a finite number >= 0"):
-        OPS.noisy_repeat_fwd(x, 2, float("nan"), 0, 0)
+        OPS.noisy_repeat(x, 2, float("nan"), philox_tensor(0, 0))
     with pytest.raises(RuntimeError, match="x must be contiguous"):
-        OPS.noisy_repeat_fwd(x.transpose(1, 2), 2, SIGMA, 0, 0)
+        OPS.noisy_repeat(x.transpose(1, 2), 2, SIGMA, philox_tensor(0, 0))
     with pytest.raises(RuntimeError, match="x must be float32, float64, float16 or bfloat16"):
-        OPS.noisy_repeat_fwd(x.to(torch.int32), 2, SIGMA, 0, 0)
+        OPS.noisy_repeat(x.to(torch.int32), 2, SIGMA, philox_tensor(0, 0))
     with pytest.raises(RuntimeError, match="x must not be empty"):
-        OPS.noisy_repeat_fwd(x[:0], 2, SIGMA, 0, 0)
+        OPS.noisy_repeat(x[:0], 2, SIGMA, philox_tensor(0, 0))
+    with pytest.raises(ValueError, match=r"philox must be an int64 CPU tensor of shape \(2,\)"):
+        OPS.noisy_repeat(x, 2, SIGMA, philox_tensor(0, 0).to(DEVICE))
+    with pytest.raises(ValueError, match=r"philox must hold a seed and an offset >= 0"):
+        OPS.noisy_repeat(x, 2, SIGMA, philox_tensor(0, -5))
 
     logits = _make((6, 5), torch.float32)
     with pytest.raises(RuntimeError, match="not divisible by m=4"):
-        OPS.vote_fwd(logits, 4, "prediction")
+        OPS.vote(logits, 4, "prediction")
     with pytest.raises(RuntimeError, match="m must be >= 1"):
-        OPS.vote_fwd(logits, 0, "soft")
+        OPS.vote(logits, 0, "soft")
     with pytest.raises(RuntimeError, match="mode must be 'prediction', 'soft' or 'weighted'"):
-        OPS.vote_fwd(logits, 3, "majority")
+        OPS.vote(logits, 3, "majority")
     with pytest.raises(RuntimeError, match=r"logits must have shape \(B\*m, K\)"):
-        OPS.vote_fwd(logits.view(30), 3, "soft")
+        OPS.vote(logits.view(30), 3, "soft")
     with pytest.raises(RuntimeError, match="logits must be contiguous"):
-        OPS.vote_fwd(_make((5, 6), torch.float32).t(), 3, "prediction")
+        OPS.vote(_make((5, 6), torch.float32).t(), 3, "prediction")
 
     grad = _make((2, 5), torch.float32)
     with pytest.raises(RuntimeError, match=r"grad must have shape \(2, 5\)"):
-        OPS.vote_soft_bwd(grad[:1], logits, 3)
+        OPS.vote_backward(grad[:1], logits, 3)
     with pytest.raises(RuntimeError, match="grad must have logits' dtype"):
-        OPS.vote_soft_bwd(grad.double(), logits, 3)
+        OPS.vote_backward(grad.double(), logits, 3)
     with pytest.raises(RuntimeError, match="grad is on"):
-        OPS.vote_soft_bwd(grad.cpu(), logits, 3)
+        OPS.vote_backward(grad.cpu(), logits, 3)
 
 
 # --- op registration ------------------------------------------------------------------------------
 
-def test_opcheck_with_the_cuda_backend():
-    philox = torch.tensor([7, 3], dtype=torch.int64)
+def test_opcheck():
+    philox = philox_tensor(7, 3)
     x = _make((3, 2, 5), torch.float32).requires_grad_()
-    torch.library.opcheck(torch.ops.stochnet.noisy_repeat.default, (x, 4, SIGMA, philox, "cuda"))
+    torch.library.opcheck(OPS.noisy_repeat.default, (x, 4, SIGMA, philox))
     logits = _make((4 * 3, 7), torch.float32).requires_grad_()
-    torch.library.opcheck(torch.ops.stochnet.vote.default, (logits, 3, "soft", "cuda"))
+    torch.library.opcheck(OPS.vote.default, (logits, 3, "soft"))
     for mode in ("prediction", "weighted"):
-        torch.library.opcheck(torch.ops.stochnet.vote.default, (logits.detach(), 3, mode, "cuda"))
+        torch.library.opcheck(OPS.vote.default, (logits.detach(), 3, mode))
     grad = _make((4, 7), torch.float32, seed=5)
-    torch.library.opcheck(torch.ops.stochnet.vote_soft_grad.default, (grad, logits.detach(), 3, "cuda"))
+    torch.library.opcheck(OPS.vote_backward.default, (grad, logits.detach(), 3))

@@ -1,4 +1,5 @@
-"""The CUDA kernels (csrc/cuda) against the pure-torch references, element by element.
+"""The CUDA Philox stream and StocReLU-EMA ops (csrc/cuda) against the pure-torch references,
+element by element.
 
 Skips without a CUDA device or when stochnet was built without its CUDA sources.
 """
@@ -8,8 +9,8 @@ import pytest
 import torch
 
 from stochnet.ops import layout, philox
-from stochnet.ops.stoc_relu_ema import reference
-from cuda_device import SEEDS, requires_cuda_kernels
+from stochnet.ops.stoc_relu_ema import reference, reference_backward
+from cuda_device import SEEDS, philox_tensor, requires_cuda_kernels
 
 
 pytestmark = requires_cuda_kernels
@@ -42,7 +43,7 @@ def _misaligned(t):
 @pytest.mark.parametrize("seed,offset", SEEDS)
 def test_philox_words_bit_exact(numel, seed, offset):
     out = torch.empty(numel, dtype=torch.int32, device=DEVICE)
-    OPS.philox_words_out(seed, offset, out)
+    OPS.philox_words_out(philox_tensor(seed, offset), out)
     expected = _as_int32(philox.philox_words(seed, offset, numel))
     assert torch.equal(out.cpu(), expected)
 
@@ -50,7 +51,7 @@ def test_philox_words_bit_exact(numel, seed, offset):
 def test_philox_words_misaligned_and_shaped():
     seed, offset = 99, 5
     out = _misaligned(torch.zeros(3, 7, dtype=torch.int32, device=DEVICE))
-    OPS.philox_words_out(seed, offset, out)
+    OPS.philox_words_out(philox_tensor(seed, offset), out)
     assert torch.equal(out.cpu().view(-1), _as_int32(philox.philox_words(seed, offset, 21)))
 
 
@@ -58,7 +59,7 @@ def test_philox_words_misaligned_and_shaped():
 @pytest.mark.parametrize("seed,offset", SEEDS)
 def test_philox_uniform_bit_exact(numel, seed, offset):
     out = torch.empty(numel, dtype=torch.float32, device=DEVICE)
-    OPS.philox_uniform_out(seed, offset, out)
+    OPS.philox_uniform_out(philox_tensor(seed, offset), out)
     assert torch.equal(out.cpu(), philox.philox_uniform(seed, offset, numel))
     assert out.min().item() >= 0 and out.max().item() < 1
 
@@ -67,20 +68,20 @@ def test_philox_uniform_bit_exact(numel, seed, offset):
 @pytest.mark.parametrize("seed,offset", SEEDS)
 def test_philox_normal_within_ulps(numel, seed, offset):
     out = torch.empty(numel, dtype=torch.float32, device=DEVICE)
-    OPS.philox_normal_out(seed, offset, out)
+    OPS.philox_normal_out(philox_tensor(seed, offset), out)
     expected = philox.philox_normal(seed, offset, numel)
     torch.testing.assert_close(out.cpu(), expected, rtol=4 * 2**-23, atol=1e-6)
 
 
 def test_philox_normal_misaligned():
     out = _misaligned(torch.zeros(1001, dtype=torch.float32, device=DEVICE))
-    OPS.philox_normal_out(3, 11, out)
+    OPS.philox_normal_out(philox_tensor(3, 11), out)
     torch.testing.assert_close(out.cpu(), philox.philox_normal(3, 11, 1001), rtol=4 * 2**-23, atol=1e-6)
 
 
 def test_philox_normal_statistics():
     out = torch.empty(1 << 20, dtype=torch.float32, device=DEVICE)
-    OPS.philox_normal_out(2024, 0, out)
+    OPS.philox_normal_out(philox_tensor(2024, 0), out)
     assert abs(out.mean().item()) < 5e-3
     assert abs(out.std().item() - 1) < 5e-3
     # Kolmogorov-Smirnov distance against N(0, 1), 1.63 / sqrt(n) is the 1% critical value.
@@ -92,11 +93,11 @@ def test_philox_normal_statistics():
 
 def test_philox_out_rejects_bad_out():
     with pytest.raises(RuntimeError, match="out must be"):
-        OPS.philox_words_out(0, 0, torch.empty(4, dtype=torch.float32, device=DEVICE))
+        OPS.philox_words_out(philox_tensor(0, 0), torch.empty(4, dtype=torch.float32, device=DEVICE))
     with pytest.raises(RuntimeError, match="out must be"):
-        OPS.philox_uniform_out(0, 0, torch.empty(4, dtype=torch.float64, device=DEVICE))
+        OPS.philox_uniform_out(philox_tensor(0, 0), torch.empty(4, dtype=torch.float64, device=DEVICE))
     with pytest.raises(RuntimeError, match="out must be"):
-        OPS.philox_normal_out(0, 0, torch.empty(4, 4, device=DEVICE).t())
+        OPS.philox_normal_out(philox_tensor(0, 0), torch.empty(4, 4, device=DEVICE).t())
 
 
 # --- StocReLU-EMA forward -----------------------------------------------------------------------
@@ -146,7 +147,7 @@ def _check_forward(x, sigma, gamma, momentum, training, seed, offset):
     sigma_ref = sigma.cpu().clone()
     y_ref, _ = reference(x.cpu(), sigma_ref, gamma, momentum, training, seed, offset)
     sigma_before = sigma.clone()
-    y, mask = OPS.stoc_relu_ema_fwd(x, sigma, gamma, momentum, training, seed, offset)
+    y, mask, new_sigma = OPS.stoc_relu_ema(x, sigma, gamma, momentum, training, philox_tensor(seed, offset))
 
     assert y.shape == x.shape and y.dtype == x.dtype and y.stride() == x.stride()
     assert mask.dtype == torch.uint8 and mask.shape == ((x.numel() + 7) // 8,)
@@ -162,10 +163,13 @@ def _check_forward(x, sigma, gamma, momentum, training, seed, offset):
     if x.numel() % 8:
         assert mask[-1].item() >> (x.numel() % 8) == 0, "padding bits of the last mask byte must be zero"
 
+    # The op is functional: running_sigma is never written, the update is its third output.
+    assert torch.equal(sigma, sigma_before)
+    assert new_sigma.dtype == sigma.dtype and new_sigma.shape == sigma.shape and new_sigma.device == sigma.device
     if training:
-        torch.testing.assert_close(sigma.cpu(), sigma_ref, rtol=SIGMA_RTOL[sigma.dtype], atol=1e-7)
+        torch.testing.assert_close(new_sigma.cpu(), sigma_ref, rtol=SIGMA_RTOL[sigma.dtype], atol=1e-7)
     else:
-        assert torch.equal(sigma, sigma_before)
+        assert torch.equal(new_sigma, sigma_before)
     return y, mask
 
 
@@ -224,7 +228,7 @@ def test_forward_propagates_nan():
     x = _make_x((4, 3, 5, 5), False, torch.float32)
     x[1, 2, 3, 4] = float("nan")
     sigma = _make_sigma(3, torch.float32)
-    y, mask = OPS.stoc_relu_ema_fwd(x, sigma, 0.2, 0.5, False, 1, 0)
+    y, mask, _ = OPS.stoc_relu_ema(x, sigma, 0.2, 0.5, False, philox_tensor(1, 0))
     assert torch.isnan(y[1, 2, 3, 4]) and torch.isnan(y).sum() == 1
     assert not layout.unpack_bits(mask, x)[1, 2, 3, 4]
 
@@ -232,9 +236,9 @@ def test_forward_propagates_nan():
 def test_forward_is_deterministic_and_seeded():
     x = _make_x((8, 16, 9, 9), True, torch.float32)
     sigma = _make_sigma(16, torch.float32)
-    y1, m1 = OPS.stoc_relu_ema_fwd(x, sigma, 0.5, 0.5, False, 42, 0)
-    y2, m2 = OPS.stoc_relu_ema_fwd(x, sigma, 0.5, 0.5, False, 42, 0)
-    y3, _ = OPS.stoc_relu_ema_fwd(x, sigma, 0.5, 0.5, False, 42, 1 << 20)
+    y1, m1, _ = OPS.stoc_relu_ema(x, sigma, 0.5, 0.5, False, philox_tensor(42, 0))
+    y2, m2, _ = OPS.stoc_relu_ema(x, sigma, 0.5, 0.5, False, philox_tensor(42, 0))
+    y3, _, _ = OPS.stoc_relu_ema(x, sigma, 0.5, 0.5, False, philox_tensor(42, 1 << 20))
     assert torch.equal(y1, y2) and torch.equal(m1, m2)
     assert not torch.equal(y1, y3)
 
@@ -242,26 +246,31 @@ def test_forward_is_deterministic_and_seeded():
 def test_noise_uses_sigma_before_the_update():
     x = _make_x((4, 2, 6, 6), False, torch.float32)
     sigma = torch.tensor([0.0, 3.0], device=DEVICE)
-    y, _ = OPS.stoc_relu_ema_fwd(x, sigma, 1.0, 1.0, True, 5, 0)
+    y, _, new_sigma = OPS.stoc_relu_ema(x, sigma, 1.0, 1.0, True, philox_tensor(5, 0))
     assert torch.equal(y[:, 0], torch.relu(x[:, 0])), "channel 0 had sigma 0 before the update"
-    assert sigma[0].item() > 0
+    assert new_sigma[0].item() > 0 and sigma[0].item() == 0
 
 
 def test_forward_rejects_bad_arguments():
     x = _make_x((4, 3, 5), False, torch.float32)
+    p = philox_tensor(0, 0)
     with pytest.raises(RuntimeError, match="running_sigma must have shape"):
-        OPS.stoc_relu_ema_fwd(x, torch.ones(4, device=DEVICE), 1.0, 0.5, True, 0, 0)
+        OPS.stoc_relu_ema(x, torch.ones(4, device=DEVICE), 1.0, 0.5, True, p)
     with pytest.raises(RuntimeError, match="x must be contiguous"):
-        OPS.stoc_relu_ema_fwd(x.transpose(0, 2), torch.ones(3, device=DEVICE), 1.0, 0.5, True, 0, 0)
+        OPS.stoc_relu_ema(x.transpose(0, 2), torch.ones(3, device=DEVICE), 1.0, 0.5, True, p)
     with pytest.raises(RuntimeError, match="momentum"):
-        OPS.stoc_relu_ema_fwd(x, torch.ones(3, device=DEVICE), 1.0, 1.5, True, 0, 0)
+        OPS.stoc_relu_ema(x, torch.ones(3, device=DEVICE), 1.0, 1.5, True, p)
+    with pytest.raises(ValueError, match=r"philox must be an int64 CPU tensor of shape \(2,\)"):
+        OPS.stoc_relu_ema(x, torch.ones(3, device=DEVICE), 1.0, 0.5, True, p.to(DEVICE))
+    with pytest.raises(ValueError, match=r"philox must hold a seed and an offset >= 0"):
+        OPS.stoc_relu_ema(x, torch.ones(3, device=DEVICE), 1.0, 0.5, True, philox_tensor(3, -1))
 
 
 def test_forward_opcheck():
     x = _make_x((4, 3, 5, 7), False, torch.float32)
     for training in (True, False):
         sigma = _make_sigma(3, torch.float32)
-        torch.library.opcheck(torch.ops.stochnet.stoc_relu_ema_fwd.default, (x, sigma, 0.5, 0.5, training, 3, 0))
+        torch.library.opcheck(OPS.stoc_relu_ema.default, (x, sigma, 0.5, 0.5, training, philox_tensor(3, 0)))
 
 
 # --- Backward -----------------------------------------------------------------------------------
@@ -269,32 +278,31 @@ def test_forward_opcheck():
 @pytest.mark.parametrize("shape,channels_last", [((4, 3, 5, 7), False), ((7, 13), False), ((5, 3, 7, 9), True),
                                                  ((16, 64, 16, 16), False)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_relu_mask_backward(shape, channels_last, dtype):
+def test_stoc_relu_ema_backward(shape, channels_last, dtype):
     x = _make_x(shape, channels_last, dtype)
     sigma = _make_sigma(shape[1], torch.float32)
-    _, mask = OPS.stoc_relu_ema_fwd(x, sigma, 0.5, 0.5, False, 21, 0)
+    _, mask, _ = OPS.stoc_relu_ema(x, sigma, 0.5, 0.5, False, philox_tensor(21, 0))
     grad = _make_x(shape, channels_last, dtype, seed=99)
     layout.memory_order(grad)[::7] = float("nan")
     layout.memory_order(grad)[3::11] = float("inf")
-    grad_x = OPS.relu_mask_backward(grad, mask)
+    grad_x = OPS.stoc_relu_ema_backward(grad, mask)
     assert grad_x.stride() == grad.stride()
-    expected = grad * layout.unpack_bits(mask, grad)
-    torch.testing.assert_close(grad_x, expected, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(grad_x, reference_backward(grad, mask), rtol=0, atol=0, equal_nan=True)
 
 
-def test_relu_mask_backward_misaligned():
+def test_stoc_relu_ema_backward_misaligned():
     grad = _misaligned(torch.randn(1001, device=DEVICE))
     mask = layout.pack_bits(torch.rand(1001, device=DEVICE) > 0.5)
-    torch.testing.assert_close(OPS.relu_mask_backward(grad, mask), grad * layout.unpack_bits(mask, grad),
+    torch.testing.assert_close(OPS.stoc_relu_ema_backward(grad, mask), reference_backward(grad, mask),
                                rtol=0, atol=0)
 
 
-def test_relu_mask_backward_opcheck():
+def test_stoc_relu_ema_backward_opcheck():
     grad = torch.randn(4, 3, 5, device=DEVICE)
     mask = layout.pack_bits(torch.rand(4, 3, 5, device=DEVICE) > 0.5)
-    torch.library.opcheck(torch.ops.stochnet.relu_mask_backward.default, (grad, mask))
+    torch.library.opcheck(OPS.stoc_relu_ema_backward.default, (grad, mask))
 
 
-def test_relu_mask_backward_rejects_short_mask():
+def test_stoc_relu_ema_backward_rejects_short_mask():
     with pytest.raises(RuntimeError, match="mask must be"):
-        OPS.relu_mask_backward(torch.randn(17, device=DEVICE), torch.zeros(2, dtype=torch.uint8, device=DEVICE))
+        OPS.stoc_relu_ema_backward(torch.randn(17, device=DEVICE), torch.zeros(2, dtype=torch.uint8, device=DEVICE))

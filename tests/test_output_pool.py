@@ -7,11 +7,13 @@ import torch
 
 import stochnet
 
-SEED = (1, 0)
+PHILOX = torch.tensor([1, 0])
 
 
 def forward(x):
-    return torch.ops.stochnet.stoc_relu_ema_fwd(x, torch.ones(x.shape[1]), 0.5, 0.5, False, *SEED)
+    """(y, mask) of the eval-mode StocReLU-EMA op: y and the mask are pooled outputs."""
+    y, mask, _ = torch.ops.stochnet.stoc_relu_ema(x, torch.ones(x.shape[1]), 0.5, 0.5, False, PHILOX)
+    return y, mask
 
 
 def test_freed_output_is_reused_and_contents_are_fresh():
@@ -46,8 +48,8 @@ def test_small_outputs_are_not_pooled():
 
 def test_pool_can_be_turned_off():
     code = ("import torch, stochnet\n"
-            "y, _ = torch.ops.stochnet.stoc_relu_ema_fwd(torch.randn(8, 16, 64, 64), torch.ones(16), 0.5, 0.5, "
-            "False, 1, 0)\n"
+            "y, _, _ = torch.ops.stochnet.stoc_relu_ema(torch.randn(8, 16, 64, 64), torch.ones(16), 0.5, 0.5, "
+            "False, torch.tensor([1, 0]))\n"
             "del y\n"
             "assert torch.ops.stochnet.cpu_output_pool_idle_bytes() == 0\n")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "STOCHNET_CPU_POOL_MB": "0"})

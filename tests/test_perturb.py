@@ -110,9 +110,9 @@ def test_gradcheck_float64(kind):
 def test_opcheck(kind):
     x = make_x((2, 4, 3, 5), torch.float32).requires_grad_()
     theta = make_theta(kind, x.shape, torch.float32).requires_grad_()
-    torch.library.opcheck(torch.ops.stochnet.perturb.default, (x, theta, PHILOX, "cpp"))
+    torch.library.opcheck(torch.ops.stochnet.perturb.default, (x, theta, PHILOX))
     grad = make_x((2, 4, 3, 5), torch.float32, seed=3)
-    torch.library.opcheck(torch.ops.stochnet.perturb_theta_grad.default, (grad, theta.detach(), PHILOX, "cpp"))
+    torch.library.opcheck(torch.ops.stochnet.perturb_backward.default, (grad, theta.detach(), PHILOX))
 
 
 def test_backward_saves_only_theta_and_the_philox_pair():
@@ -199,22 +199,27 @@ def test_bad_input(call, error, match):
 
 def test_cpp_kernel_checks_before_running():
     x = torch.randn(2, 3, 4, 4)
-    fwd, bwd = torch.ops.stochnet.perturb_fwd, torch.ops.stochnet.perturb_bwd
+    forward, backward, philox = torch.ops.stochnet.perturb, torch.ops.stochnet.perturb_backward, torch.tensor([0, 0])
     with pytest.raises(RuntimeError, match="theta must have 1, 3 .* or 48 .* elements for x"):
-        fwd(x, torch.ones(5), 0, 0)
+        forward(x, torch.ones(5), philox)
     with pytest.raises(RuntimeError, match="theta must have 1, 3 .* or 48 .* elements for grad"):
-        bwd(x, torch.ones(4), 0, 0)
+        backward(x, torch.ones(4), philox)
     with pytest.raises(RuntimeError, match="x must be contiguous"):
-        fwd(x[..., ::2], torch.ones(3), 0, 0)
+        forward(x[..., ::2], torch.ones(3), philox)
     with pytest.raises(RuntimeError, match="x must have shape"):
-        fwd(x[0, 0, 0], torch.ones(1), 0, 0)
+        forward(x[0, 0, 0], torch.ones(1), philox)
     with pytest.raises(RuntimeError, match="x must not be empty"):
-        fwd(x[:0], torch.ones(3), 0, 0)
+        forward(x[:0], torch.ones(3), philox)
     with pytest.raises(RuntimeError, match="theta must be float32 or x's dtype"):
-        fwd(x, torch.ones(3, dtype=torch.float64), 0, 0)
+        forward(x, torch.ones(3, dtype=torch.float64), philox)
     with pytest.raises(RuntimeError, match="theta must be contiguous"):
-        bwd(x, torch.ones(3, 4, 8)[..., ::2], 0, 0)
+        backward(x, torch.ones(3, 4, 8)[..., ::2], philox)
     with pytest.raises(RuntimeError, match="x must be float32 or float64 on CPU"):
-        fwd(x.half(), torch.ones(3), 0, 0)
+        forward(x.half(), torch.ones(3), philox)
     with pytest.raises(RuntimeError, match="grad must be a floating tensor"):
-        bwd(x.int(), torch.ones(3), 0, 0)
+        backward(x.int(), torch.ones(3), philox)
+    for op in (forward, backward):
+        with pytest.raises(ValueError, match=r"philox must be an int64 CPU tensor of shape \(2,\)"):
+            op(x, torch.ones(3), philox.int())
+        with pytest.raises(ValueError, match=r"philox must hold a seed and an offset >= 0, got \(0, -1\)"):
+            op(x, torch.ones(3), torch.tensor([0, -1]))

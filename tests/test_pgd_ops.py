@@ -185,28 +185,34 @@ def test_random_start_is_reproducible_under_manual_seed(norm):
 
 
 def op_samples():
+    """(op, its arguments, the reference of the op and its arguments) for every op and norm."""
     x_adv, grad, x_orig = make_inputs((3, 2, 5, 5), torch.float32)
     eps, alpha = torch.tensor([0.03, 0.05, 0.0]), torch.tensor([0.01, 0.02, 0.03])
+    seed, offset = PHILOX.tolist()
+    ops = torch.ops.stochnet
     for norm in ("linf", "l2"):
-        yield pgd_ops.pgd_step_op, (x_adv, grad, x_orig, eps, alpha, norm, 0.0, 1.0, "cpp")
-        yield pgd_ops.random_start_op, (x_orig, eps, norm, 0.0, 1.0, PHILOX, "cpp")
-    yield pgd_ops.mim_step_op, (x_adv, grad, x_orig, torch.zeros_like(x_adv), eps, alpha, 1.0, 0.0, 1.0, "cpp")
+        yield (ops.pgd_step.default, (x_adv, grad, x_orig, eps, alpha, norm, 0.0, 1.0),
+               pgd_ops.pgd_step_reference, (x_adv, grad, x_orig, eps, alpha, norm, 0.0, 1.0))
+        yield (ops.random_start.default, (x_orig, eps, norm, 0.0, 1.0, PHILOX),
+               pgd_ops.random_start_reference, (x_orig, eps, norm, 0.0, 1.0, seed, offset))
+    yield (ops.mim_step.default, (x_adv, grad, x_orig, torch.zeros_like(x_adv), eps, alpha, 1.0, 0.0, 1.0),
+           pgd_ops.mim_step_reference, (x_adv, grad, x_orig, torch.zeros_like(x_adv), eps, alpha, 1.0, 0.0, 1.0))
 
 
 @pytest.mark.parametrize("index", range(5))
 def test_opcheck(index):
-    op, args = list(op_samples())[index]
-    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    op, args, _, _ = list(op_samples())[index]
+    torch.library.opcheck(op, args)
 
 
-def test_kernel_opcheck():
+def test_opcheck_float64():
     x_adv, grad, x_orig = make_inputs((2, 9), torch.float64)
     eps, alpha = torch.tensor([0.1, 0.2], dtype=torch.float64), torch.tensor([0.05, 0.05])
     ops = torch.ops.stochnet
-    torch.library.opcheck(ops.pgd_step_fwd.default, (x_adv, grad, x_orig, eps, alpha, "l2", 0.0, 1.0))
-    torch.library.opcheck(ops.mim_step_fwd.default, (x_adv, grad, x_orig, torch.zeros_like(x_adv), eps, alpha,
-                                                     1.0, 0.0, 1.0))
-    torch.library.opcheck(ops.random_start_fwd.default, (x_orig, eps, "linf", 0.0, 1.0, 5, 7))
+    torch.library.opcheck(ops.pgd_step.default, (x_adv, grad, x_orig, eps, alpha, "l2", 0.0, 1.0))
+    torch.library.opcheck(ops.mim_step.default, (x_adv, grad, x_orig, torch.zeros_like(x_adv), eps, alpha,
+                                                 1.0, 0.0, 1.0))
+    torch.library.opcheck(ops.random_start.default, (x_orig, eps, "linf", 0.0, 1.0, torch.tensor([5, 7])))
 
 
 def test_compiles_without_graph_break():
@@ -267,28 +273,33 @@ def test_bad_input_is_a_clear_error(call, error, match):
 def test_kernel_checks_reject_bad_arguments():
     x = torch.rand(2, 6)
     eps = torch.full((2,), 0.1)
+    philox = torch.tensor([1, 0])
     ops = torch.ops.stochnet
     with pytest.raises(RuntimeError, match="norm must be 'linf' or 'l2'"):
-        ops.pgd_step_fwd(x, x, x, eps, eps, "l1", 0.0, 1.0)
+        ops.pgd_step(x, x, x, eps, eps, "l1", 0.0, 1.0)
     with pytest.raises(RuntimeError, match=r"eps must be a contiguous tensor of shape \(2,\)"):
-        ops.pgd_step_fwd(x, x, x, eps[:1], eps, "linf", 0.0, 1.0)
+        ops.pgd_step(x, x, x, eps[:1], eps, "linf", 0.0, 1.0)
     with pytest.raises(RuntimeError, match="grad must be contiguous"):
-        ops.pgd_step_fwd(x, torch.rand(6, 2).t(), x, eps, eps, "linf", 0.0, 1.0)
+        ops.pgd_step(x, torch.rand(6, 2).t(), x, eps, eps, "linf", 0.0, 1.0)
     with pytest.raises(RuntimeError, match="momentum must have x_adv's dtype"):
-        ops.mim_step_fwd(x, x, x, x.double(), eps, eps, 1.0, 0.0, 1.0)
+        ops.mim_step(x, x, x, x.double(), eps, eps, 1.0, 0.0, 1.0)
     with pytest.raises(RuntimeError, match="clip must have lo < hi"):
-        ops.random_start_fwd(x, eps, "linf", 1.0, 0.0, 1, 0)
+        ops.random_start(x, eps, "linf", 1.0, 0.0, philox)
     with pytest.raises(RuntimeError, match="x_orig must be float32 or float64 on CPU"):
-        ops.random_start_fwd(x.half(), eps, "linf", 0.0, 1.0, 1, 0)
+        ops.random_start(x.half(), eps, "linf", 0.0, 1.0, philox)
+    with pytest.raises(ValueError, match=r"philox must be an int64 CPU tensor of shape \(2,\)"):
+        ops.random_start(x, eps, "linf", 0.0, 1.0, philox[:1])
+    with pytest.raises(ValueError, match=r"philox must hold a seed and an offset >= 0, got \(1, -1\)"):
+        ops.random_start(x, eps, "l2", 0.0, 1.0, torch.tensor([1, -1]))
 
 
 @pytest.mark.parametrize("index", range(5))
-def test_custom_ops_match_reference(index):
-    op, args = list(op_samples())[index]
-    reference_args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args[:-1]] + ["torch"]
-    torch.testing.assert_close(op(*args), op(*reference_args), rtol=1e-5, atol=1e-6)
-    if op is pgd_ops.mim_step_op:
+def test_ops_match_reference(index):
+    op, args, reference, reference_args = list(op_samples())[index]
+    torch.testing.assert_close(op(*args), reference(*reference_args), rtol=1e-5, atol=1e-6)
+    if op is torch.ops.stochnet.mim_step.default:  # the momentum, updated in place by both
         torch.testing.assert_close(args[3], reference_args[3], rtol=1e-5, atol=1e-6)
+        assert args[3].abs().sum() > 0
 
 
 def test_l2_eps_may_exceed_the_clip_range_up_to_the_box_diameter():

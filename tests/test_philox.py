@@ -32,8 +32,12 @@ def numpy_philox_words(seed, offset, numel):
 
 def cpp(op, seed, offset, numel, dtype):
     out = torch.empty(numel, dtype=dtype)
-    getattr(torch.ops.stochnet, op)(seed, offset, out)
+    getattr(torch.ops.stochnet, op)(torch.tensor([seed, offset]), out)
     return out
+
+
+def triton_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("seed,offset,numel", STREAMS)
@@ -43,7 +47,7 @@ def test_words_bit_for_bit(seed, offset, numel):
     assert torch.equal(words, reference.philox_words(seed, offset, numel))
     if TRITON:
         from stochnet.kernels import philox as triton_philox
-        triton_words = triton_philox.philox_words(seed, offset, numel, "cpu" if not torch.cuda.is_available() else "cuda")
+        triton_words = triton_philox.philox_words(torch.tensor([seed, offset]), numel, triton_device())
         assert torch.equal(triton_words.cpu().long() & 0xFFFFFFFF, words)
 
 
@@ -69,8 +73,8 @@ def test_normals_within_few_ulp(seed, offset, numel):
     assert error.max() <= 4 * ULP
     if TRITON:
         from stochnet.kernels import philox as triton_philox
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        triton_normals = triton_philox.philox_normal(seed, offset, numel, device).cpu().double()
+        triton_normals = triton_philox.philox_normal(torch.tensor([seed, offset]), numel, triton_device())
+        triton_normals = triton_normals.cpu().double()
         assert ((triton_normals - normals.double()).abs() / normals.double().abs().clamp_min(1.0)).max() <= 4 * ULP
 
 
@@ -97,4 +101,15 @@ def test_uniform_statistics():
 
 def test_bad_output_tensor():
     with pytest.raises(RuntimeError, match="out must be a contiguous"):
-        torch.ops.stochnet.philox_normal_out(0, 0, torch.empty(8, dtype=torch.float64))
+        torch.ops.stochnet.philox_normal_out(torch.tensor([0, 0]), torch.empty(8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("op", ["philox_words_out", "philox_uniform_out", "philox_normal_out"])
+def test_bad_philox_tensor(op):
+    out = torch.empty(8, dtype=torch.int32 if op == "philox_words_out" else torch.float32)
+    for philox in (torch.tensor([0.0, 0.0]), torch.tensor([0, 0], dtype=torch.int32), torch.tensor([0, 0, 0]),
+                   torch.tensor(0)):
+        with pytest.raises(ValueError, match=r"philox must be an int64 CPU tensor of shape \(2,\)"):
+            getattr(torch.ops.stochnet, op)(philox, out)
+    with pytest.raises(ValueError, match=r"philox must hold a seed and an offset >= 0, got \(-1, 0\)"):
+        getattr(torch.ops.stochnet, op)(torch.tensor([-1, 0]), out)

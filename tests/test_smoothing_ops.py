@@ -195,12 +195,12 @@ def test_prediction_and_weighted_votes_are_not_differentiable():
 
 def test_opcheck():
     x = make((2, 3, 4, 5), torch.float32).requires_grad_()
-    torch.library.opcheck(torch.ops.stochnet.noisy_repeat.default, (x, 3, 0.5, PHILOX, "cpp"))
+    torch.library.opcheck(torch.ops.stochnet.noisy_repeat.default, (x, 3, 0.5, PHILOX))
     for mode in VOTE_MODES:
         logits = make((6, 10), torch.float32).requires_grad_(mode == "soft")
-        torch.library.opcheck(torch.ops.stochnet.vote.default, (logits, 3, mode, "cpp"))
-    torch.library.opcheck(torch.ops.stochnet.vote_soft_grad.default,
-                          (make((2, 10), torch.float32), make((6, 10), torch.float32), 3, "cpp"))
+        torch.library.opcheck(torch.ops.stochnet.vote.default, (logits, 3, mode))
+    torch.library.opcheck(torch.ops.stochnet.vote_backward.default,
+                          (make((2, 10), torch.float32), make((6, 10), torch.float32), 3))
 
 
 def test_compile_has_no_graph_break():
@@ -258,17 +258,25 @@ def test_bad_input(call, error, match):
 
 def test_cpp_kernels_check_before_running():
     ops = torch.ops.stochnet
+    philox = torch.tensor([0, 0])
     for args, match in [
-        ((X, 0, 0.5, 0, 0), "m must be >= 1, got 0"),
-        ((X, 2, -1.0, 0, 0), "sigma must be a finite number >= 0"),
-        ((X, 2, float("nan"), 0, 0), "sigma must be a finite number >= 0"),
-        ((X[..., ::2], 2, 0.5, 0, 0), "x must be contiguous"),
-        ((X[0, 0, 0, 0], 2, 0.5, 0, 0), "x must have a batch dimension"),
-        ((X.half(), 2, 0.5, 0, 0), "x must be float32 or float64 on CPU"),
-        ((X, 2**62, 0.5, 0, 0), "overflow the output size"),
+        ((X, 0, 0.5, philox), "m must be >= 1, got 0"),
+        ((X, 2, -1.0, philox), "sigma must be a finite number >= 0"),
+        ((X, 2, float("nan"), philox), "sigma must be a finite number >= 0"),
+        ((X[..., ::2], 2, 0.5, philox), "x must be contiguous"),
+        ((X[0, 0, 0, 0], 2, 0.5, philox), "x must have a batch dimension"),
+        ((X.half(), 2, 0.5, philox), "x must be float32 or float64 on CPU"),
+        ((X, 2**62, 0.5, philox), "overflow the output size"),
     ]:
         with pytest.raises(RuntimeError, match=match):
-            ops.noisy_repeat_fwd(*args)
+            ops.noisy_repeat(*args)
+    for philox, match in [
+        (philox.double(), r"philox must be an int64 CPU tensor of shape \(2,\)"),
+        (philox.view(2, 1), r"philox must be an int64 CPU tensor of shape \(2,\)"),
+        (torch.tensor([-3, 0]), r"philox must hold a seed and an offset >= 0, got \(-3, 0\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            ops.noisy_repeat(X, 2, 0.5, philox)
     for args, match in [
         ((LOGITS, 0, "soft"), "m must be >= 1, got 0"),
         ((LOGITS, 3, "soft"), "logits has 8 rows, not divisible by m=3"),
@@ -279,7 +287,7 @@ def test_cpp_kernels_check_before_running():
         ((LOGITS, 2, "majority"), "mode must be 'prediction', 'soft' or 'weighted', got 'majority'"),
     ]:
         with pytest.raises(RuntimeError, match=match):
-            ops.vote_fwd(*args)
+            ops.vote(*args)
     grad = make((4, 5), torch.float32)
     for args, match in [
         ((grad[:3], LOGITS, 2), r"grad must have shape \(4, 5\)"),
@@ -288,4 +296,4 @@ def test_cpp_kernels_check_before_running():
         ((grad, LOGITS, 3), "not divisible by m=3"),
     ]:
         with pytest.raises(RuntimeError, match=match):
-            ops.vote_soft_bwd(*args)
+            ops.vote_backward(*args)

@@ -9,7 +9,8 @@ import torch
 import stochnet
 from stochnet import functional as F
 from stochnet.ops import stoc_relu_ema as ops
-from stochnet.ops.layout import pack_bits
+from stochnet.ops.layout import dense, pack_bits
+from stochnet.ops.library import ops_for
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ["cpp"] if DEVICE == "cpu" else ["cuda"]
@@ -62,8 +63,13 @@ def test_matches_reference(backend, shape, layout, dtype, training):
     if layout != "sliced":
         assert y.stride() == x.stride()
     torch.testing.assert_close(sigma, sigma_ref, rtol=1e-5, atol=1e-6)
-    _, mask, _ = ops.stoc_relu_ema_op(ops.dense(x), sigma_before, 0.7, 0.3, False, PHILOX, backend)
-    assert torch.equal(mask, pack_bits(flags))
+    # the op itself is functional: (y, mask, new sigma), running_sigma untouched
+    sigma_in = sigma_before.clone()
+    y_op, mask, new_sigma = ops_for(backend).stoc_relu_ema(dense(x), sigma_in, 0.7, 0.3, training, PHILOX)
+    assert torch.equal(sigma_in, sigma_before)
+    assert torch.equal(y_op, y) and torch.equal(new_sigma, sigma)
+    assert new_sigma.dtype == sigma_before.dtype and new_sigma.data_ptr() != sigma_in.data_ptr()
+    assert mask.dtype == torch.uint8 and torch.equal(mask, pack_bits(flags))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -109,13 +115,45 @@ def test_gradcheck_float64():
     torch.autograd.gradcheck(lambda t: run(BACKENDS[0], t, sigma.clone(), training=False), (x,), eps=1e-7, atol=1e-5)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_opcheck(training):
     x, sigma = make_input((2, 4, 3, 5), "contiguous")
     x.requires_grad_()
-    torch.library.opcheck(torch.ops.stochnet.stoc_relu_ema.default, (x, sigma, 0.7, 0.3, True, PHILOX, BACKENDS[0]))
+    op_namespace = ops_for(BACKENDS[0])
+    torch.library.opcheck(op_namespace.stoc_relu_ema.default, (x, sigma, 0.7, 0.3, training, PHILOX))
     grad = torch.randn(2, 4, 3, 5, device=DEVICE)
-    mask = ops.stoc_relu_ema_op(x.detach(), sigma, 0.7, 0.3, True, PHILOX, BACKENDS[0])[1]
-    torch.library.opcheck(torch.ops.stochnet.stoc_relu_ema_backward.default, (grad, mask, BACKENDS[0]))
+    mask = op_namespace.stoc_relu_ema(x.detach(), sigma, 0.7, 0.3, training, PHILOX)[1]
+    torch.library.opcheck(op_namespace.stoc_relu_ema_backward.default, (grad, mask))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape,layout", [((4, 5, 7, 9), "contiguous"), ((4, 6, 5, 5), "channels_last"),
+                                          ((33, 17), "contiguous"), ((3, 1, 1, 3), "contiguous")],
+                         ids=lambda v: str(v))
+def test_backward_op_matches_reference_backward(backend, shape, layout):
+    x, sigma = make_input(shape, layout)
+    _, mask, _ = ops_for(backend).stoc_relu_ema(x, sigma, 0.7, 0.3, True, PHILOX)
+    grad = torch.randn(shape, device=DEVICE)
+    if layout == "channels_last":
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    grad_x = ops_for(backend).stoc_relu_ema_backward(grad, mask)
+    assert grad_x.stride() == grad.stride()
+    assert torch.equal(grad_x, ops.reference_backward(grad, mask))
+    _, flags = ops.reference(x, sigma.clone(), 0.7, 0.3, True, *PHILOX.tolist())
+    assert torch.equal(grad_x, grad * flags)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["torch"])
+def test_the_wrapper_copies_the_new_sigma_into_the_buffer_in_training_only(backend):
+    x, sigma = make_input((4, 3, 5, 5), "contiguous")
+    buffer, before = sigma.clone(), sigma.clone()
+    ops.stoc_relu_ema(x, buffer, 0.7, 0.3, False, PHILOX, backend)
+    assert torch.equal(buffer, before)
+    pointer = buffer.data_ptr()
+    ops.stoc_relu_ema(x, buffer, 0.7, 0.3, True, PHILOX, backend)
+    assert buffer.data_ptr() == pointer
+    expected = 0.7 * before.double() + 0.3 * x.double().std(dim=(0, 2, 3))
+    torch.testing.assert_close(buffer.double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_backward_saves_one_bit_per_element():
@@ -209,12 +247,17 @@ def test_bad_input(call, match):
 
 def test_cpp_kernel_checks_before_running():
     x = torch.randn(2, 3, 4, 4)
+    philox = torch.tensor([0, 0])
     with pytest.raises(RuntimeError, match="running_sigma must have shape"):
-        torch.ops.stochnet.stoc_relu_ema_fwd(x, torch.zeros(4), 0.1, 0.5, True, 0, 0)
+        torch.ops.stochnet.stoc_relu_ema(x, torch.zeros(4), 0.1, 0.5, True, philox)
     with pytest.raises(RuntimeError, match="x must be contiguous or channels-last"):
-        torch.ops.stochnet.stoc_relu_ema_fwd(x[..., ::2], torch.zeros(3), 0.1, 0.5, True, 0, 0)
+        torch.ops.stochnet.stoc_relu_ema(x[..., ::2], torch.zeros(3), 0.1, 0.5, True, philox)
     with pytest.raises(RuntimeError, match="mask must be a contiguous uint8 tensor of 12 bytes"):
-        torch.ops.stochnet.relu_mask_backward(x, torch.zeros(3, dtype=torch.uint8))
+        torch.ops.stochnet.stoc_relu_ema_backward(x, torch.zeros(3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"philox must be an int64 CPU tensor of shape \(2,\)"):
+        torch.ops.stochnet.stoc_relu_ema(x, torch.zeros(3), 0.1, 0.5, True, philox.float())
+    with pytest.raises(ValueError, match=r"philox must hold a seed and an offset >= 0, got \(0, -2\)"):
+        torch.ops.stochnet.stoc_relu_ema(x, torch.zeros(3), 0.1, 0.5, False, torch.tensor([0, -2]))
 
 
 class TestModule:

@@ -1,4 +1,4 @@
-"""Triton noise-injection kernels against the pure-torch reference: y and the fused d theta."""
+"""Triton noise-injection ops against the pure-torch reference: y and the fused d theta."""
 import os
 
 import pytest
@@ -7,12 +7,17 @@ import torch
 RUNNABLE = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 pytestmark = pytest.mark.skipif(not RUNNABLE, reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1")
 
+from torch._library.custom_ops import OPDEFS  # noqa: E402
+
 from stochnet import functional  # noqa: E402
 from stochnet.kernels import perturb as kernels  # noqa: E402
+from stochnet.ops.library import triton_ops  # noqa: E402
 from stochnet.ops.perturb import reference, reference_theta_grad  # noqa: E402
 
+ops = triton_ops()
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 SEED, OFFSET = 2**35 + 11, 2**32 - 5  # the counter crosses 2**32 inside the call
+PHILOX = torch.tensor([SEED, OFFSET])
 
 # Comments name the d theta path of a per-channel theta: "planes" reduces rows of the
 # (N * C, inner) view (inner >= 32), "columns" sums the (N, F) view over the batch and folds.
@@ -39,17 +44,22 @@ def _tensor(shape, dtype, salt=0):
     return torch.randn(shape, generator=generator, dtype=dtype).to(DEVICE)
 
 
+def _philox(seed, offset):
+    """(seed, offset) as the ops take it; a seed of 2**63 or more as its two's complement (the key's bits)."""
+    return torch.tensor([seed - 2**64 if seed >= 2**63 else seed, offset])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("kind", THETAS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_and_theta_grad_match_reference(shape, kind, dtype):
     x, theta = _tensor(shape, dtype), _theta(kind, shape, dtype)
-    y = kernels.perturb_fwd(x, theta, SEED, OFFSET)
+    y = ops.perturb(x, theta, PHILOX)
     assert y.dtype == x.dtype and y.shape == x.shape and y.is_contiguous()
     torch.testing.assert_close(y, reference(x, theta, SEED, OFFSET), rtol=1e-5, atol=1e-6)
 
     grad = _tensor(shape, dtype, salt=1)
-    dtheta = kernels.perturb_bwd(grad, theta, SEED, OFFSET)
+    dtheta = ops.perturb_backward(grad, theta, PHILOX)
     assert dtheta.dtype == theta.dtype and dtheta.shape == theta.shape
     # atol: an entry summing few products may nearly cancel; z itself agrees to a few float32 ulps.
     torch.testing.assert_close(dtheta, reference_theta_grad(grad, theta, SEED, OFFSET), rtol=1e-5, atol=1e-5)
@@ -64,7 +74,7 @@ def test_theta_grad_with_row_loops_and_column_tiles(shape, kind, monkeypatch):
     monkeypatch.setattr(kernels, "_COL_BLOCK_K", 8)
     monkeypatch.setattr(kernels, "_TARGET_PROGRAMS", 1)
     grad, theta = _tensor(shape, torch.float64), _theta(kind, shape, torch.float64)
-    torch.testing.assert_close(kernels.perturb_bwd(grad, theta, SEED, OFFSET),
+    torch.testing.assert_close(ops.perturb_backward(grad, theta, PHILOX),
                                reference_theta_grad(grad, theta, SEED, OFFSET), rtol=1e-5, atol=1e-5)
 
 
@@ -72,9 +82,9 @@ def test_theta_grad_with_row_loops_and_column_tiles(shape, kind, monkeypatch):
 def test_float32_theta_with_float64_x(kind):
     shape = (3, 4, 5, 3)
     x, theta = _tensor(shape, torch.float64), _theta(kind, shape, torch.float32)
-    torch.testing.assert_close(kernels.perturb_fwd(x, theta, SEED, OFFSET), reference(x, theta, SEED, OFFSET),
+    torch.testing.assert_close(ops.perturb(x, theta, PHILOX), reference(x, theta, SEED, OFFSET),
                                rtol=1e-5, atol=1e-6)
-    dtheta = kernels.perturb_bwd(x, theta, SEED, OFFSET)
+    dtheta = ops.perturb_backward(x, theta, PHILOX)
     assert dtheta.dtype == torch.float32
     torch.testing.assert_close(dtheta, reference_theta_grad(x, theta, SEED, OFFSET), rtol=1e-5, atol=1e-5)
 
@@ -82,9 +92,9 @@ def test_float32_theta_with_float64_x(kind):
 def test_one_element_theta_of_any_shape_is_a_scalar():
     x = _tensor((2, 3, 5), torch.float32)
     theta = torch.full((1, 1, 1), 0.75, device=DEVICE)
-    y = kernels.perturb_fwd(x, theta, SEED, OFFSET)
-    torch.testing.assert_close(y, kernels.perturb_fwd(x, theta.reshape(()), SEED, OFFSET), rtol=0, atol=0)
-    dtheta = kernels.perturb_bwd(x, theta, SEED, OFFSET)
+    y = ops.perturb(x, theta, PHILOX)
+    torch.testing.assert_close(y, ops.perturb(x, theta.reshape(()), PHILOX), rtol=0, atol=0)
+    dtheta = ops.perturb_backward(x, theta, PHILOX)
     assert dtheta.shape == (1, 1, 1)
     torch.testing.assert_close(dtheta, reference_theta_grad(x, theta, SEED, OFFSET), rtol=1e-5, atol=1e-5)
 
@@ -92,30 +102,37 @@ def test_one_element_theta_of_any_shape_is_a_scalar():
 def test_same_seed_same_noise_other_offset_other_noise():
     x = _tensor((3, 4, 5, 7), torch.float32)
     theta = _theta("channel", x.shape, torch.float32)
-    first = kernels.perturb_fwd(x, theta, SEED, OFFSET)
-    assert torch.equal(first, kernels.perturb_fwd(x, theta, SEED, OFFSET))
-    assert not torch.equal(first, kernels.perturb_fwd(x, theta, SEED, OFFSET + 1))
+    first = ops.perturb(x, theta, PHILOX)
+    assert torch.equal(first, ops.perturb(x, theta, PHILOX))
+    assert not torch.equal(first, ops.perturb(x, theta, _philox(SEED, OFFSET + 1)))
     big_seed = 2**64 - 3  # the whole 64-bit key range
-    torch.testing.assert_close(kernels.perturb_fwd(x, theta, big_seed, 0), reference(x, theta, big_seed, 0),
+    torch.testing.assert_close(ops.perturb(x, theta, _philox(big_seed, 0)), reference(x, theta, big_seed, 0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_philox_on_the_data_device_gives_the_same_noise():
+    """Each kernel loads (seed, offset) itself, wherever the philox tensor lives."""
+    x = _tensor((2, 3, 5), torch.float32)
+    theta = _theta("channel", x.shape, torch.float32)
+    assert torch.equal(ops.perturb(x, theta, PHILOX.to(DEVICE)), ops.perturb(x, theta, PHILOX))
+    assert torch.equal(ops.perturb_backward(x, theta, PHILOX.to(DEVICE)), ops.perturb_backward(x, theta, PHILOX))
 
 
 def test_zero_theta_is_identity_and_nan_propagates():
     x = _tensor((2, 3, 6), torch.float32)
-    assert torch.equal(kernels.perturb_fwd(x, torch.zeros(3, device=DEVICE), SEED, OFFSET), x)
+    assert torch.equal(ops.perturb(x, torch.zeros(3, device=DEVICE), PHILOX), x)
     grad = _tensor((2, 3, 6), torch.float32, salt=2)
     grad[1, 2, 4] = float("nan")
-    dtheta = kernels.perturb_bwd(grad, torch.ones(3, device=DEVICE), SEED, OFFSET)
+    dtheta = ops.perturb_backward(grad, torch.ones(3, device=DEVICE), PHILOX)
     assert torch.isnan(dtheta[2]) and not torch.isnan(dtheta[:2]).any()
 
 
 @pytest.mark.parametrize("kind", THETAS)
 def test_autograd_through_the_triton_backend(kind):
     shape = (4, 3, 5, 3)
-    philox = torch.tensor([SEED, OFFSET], dtype=torch.int64)
     x = _tensor(shape, torch.float32).requires_grad_()
     theta = _theta(kind, shape, torch.float32).requires_grad_()
-    y = functional.perturb(x, theta, backend="triton", philox=philox)
+    y = functional.perturb(x, theta, backend="triton", philox=PHILOX)
     grad = _tensor(shape, torch.float32, salt=3)
     dx, dtheta = torch.autograd.grad(y, (x, theta), grad)
     torch.testing.assert_close(y, reference(x, theta, SEED, OFFSET), rtol=1e-5, atol=1e-6)
@@ -123,12 +140,20 @@ def test_autograd_through_the_triton_backend(kind):
     torch.testing.assert_close(dtheta, reference_theta_grad(grad, theta, SEED, OFFSET), rtol=1e-5, atol=1e-5)
 
 
-def _cpp_forward(x, theta):
-    """``torch.ops.stochnet.perturb_fwd`` on CPU, or None while the C++ kernel is not built."""
-    try:
-        return torch.ops.stochnet.perturb_fwd(x, theta, SEED, OFFSET)
-    except (NotImplementedError, AttributeError):
-        return None
+def _fakes_missing(*names):
+    """The Triton ops of ``names`` that stochnet.ops does not yet give a fake implementation."""
+    return [name for name in names
+            if getattr(OPDEFS.get(f"stochnet_triton::{name}"), "_abstract_fn", None) is None]
+
+
+def test_opcheck_schema_and_fake():
+    missing = _fakes_missing("perturb", "perturb_backward")
+    if missing:
+        pytest.skip(f"stochnet.ops.perturb registers no fake for stochnet_triton::{missing} yet")
+    for kind in THETAS:
+        x, theta = _tensor((2, 3, 5), torch.float32), _theta(kind, (2, 3, 5), torch.float32)
+        for op in (ops.perturb, ops.perturb_backward):
+            torch.library.opcheck(op, (x, theta, PHILOX), test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="compares with the C++ CPU kernel on CPU tensors")
@@ -137,12 +162,9 @@ def _cpp_forward(x, theta):
 @pytest.mark.parametrize("shape", [(3, 5, 7, 9), (37, 5), (2, 3, 8, 12)], ids=str)
 def test_forward_agrees_with_cpp_kernel(shape, kind, dtype):
     x, theta = _tensor(shape, dtype), _theta(kind, shape, dtype)
-    y_cpp = _cpp_forward(x, theta)
-    if y_cpp is None:
-        pytest.skip("the C++ perturb_fwd kernel is not built")
-    y = kernels.perturb_fwd(x, theta, SEED, OFFSET)
     # Same stream, same rounding: only the libm of the normals may differ, by a few ulps.
-    torch.testing.assert_close(y, y_cpp, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ops.perturb(x, theta, PHILOX), torch.ops.stochnet.perturb(x, theta, PHILOX),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(DEVICE == "cpu", reason="half precision runs on the GPU only")
@@ -151,33 +173,34 @@ def test_forward_agrees_with_cpp_kernel(shape, kind, dtype):
 def test_half_precision_computes_in_float32(kind, dtype):
     shape = (3, 5, 7, 9)
     x, theta = _tensor(shape, dtype), _theta(kind, shape, torch.float32)
-    torch.testing.assert_close(kernels.perturb_fwd(x, theta, SEED, OFFSET), reference(x, theta, SEED, OFFSET))
-    torch.testing.assert_close(kernels.perturb_bwd(x, theta, SEED, OFFSET),
+    torch.testing.assert_close(ops.perturb(x, theta, PHILOX), reference(x, theta, SEED, OFFSET))
+    torch.testing.assert_close(ops.perturb_backward(x, theta, PHILOX),
                                reference_theta_grad(x, theta, SEED, OFFSET), rtol=1e-4, atol=1e-4)
 
 
 def test_rejects_bad_arguments():
+    """Through stochnet.ops.checks, plus the contiguity the kernels read: errors name the argument."""
     x = _tensor((2, 3, 4, 5), torch.float32)
     theta = torch.ones(3, device=DEVICE)
-    with pytest.raises(ValueError, match="theta must have 1 element"):
-        kernels.perturb_fwd(x, torch.ones(4, device=DEVICE), SEED, OFFSET)
-    with pytest.raises(ValueError, match="theta must have 1 element"):
-        kernels.perturb_bwd(x, torch.ones(3, 4, device=DEVICE), SEED, OFFSET)
+    with pytest.raises(ValueError, match="theta must be a scalar, of shape"):
+        ops.perturb(x, torch.ones(4, device=DEVICE), PHILOX)
+    with pytest.raises(ValueError, match="theta must be a scalar, of shape"):
+        ops.perturb_backward(x, torch.ones(3, 4, device=DEVICE), PHILOX)
     with pytest.raises(ValueError, match="x must be contiguous"):
-        kernels.perturb_fwd(x.transpose(2, 3), theta, SEED, OFFSET)
+        ops.perturb(x.transpose(2, 3), theta, PHILOX)
     with pytest.raises(ValueError, match="grad must be contiguous"):
-        kernels.perturb_bwd(x.transpose(2, 3), theta, SEED, OFFSET)
+        ops.perturb_backward(x.transpose(2, 3), theta, PHILOX)
     with pytest.raises(ValueError, match="theta must be contiguous"):
-        kernels.perturb_fwd(x, torch.ones(4, 5, 3, device=DEVICE).transpose(0, 2), SEED, OFFSET)
+        ops.perturb(x, torch.ones(3, 5, 4, device=DEVICE).transpose(1, 2), PHILOX)
     with pytest.raises(ValueError, match="x must be a non-empty"):
-        kernels.perturb_fwd(x[0, 0, 0], theta, SEED, OFFSET)
+        ops.perturb(x[0, 0, 0], theta, PHILOX)
     with pytest.raises(ValueError, match="x must be a non-empty"):
-        kernels.perturb_fwd(x[:0], theta, SEED, OFFSET)
-    with pytest.raises(ValueError, match="x must have dtype"):
-        kernels.perturb_fwd(x.to(torch.int32), theta, SEED, OFFSET)
-    with pytest.raises(ValueError, match="theta must have dtype"):
-        kernels.perturb_fwd(x, theta.to(torch.int64), SEED, OFFSET)
-    with pytest.raises(ValueError, match="seed"):
-        kernels.perturb_fwd(x, theta, -1, OFFSET)
-    with pytest.raises(ValueError, match="offset"):
-        kernels.perturb_bwd(x, theta, SEED, 2**63)
+        ops.perturb(x[:0], theta, PHILOX)
+    with pytest.raises(TypeError, match="x must have dtype"):
+        ops.perturb(x.to(torch.int32), theta, PHILOX)
+    with pytest.raises(TypeError, match="theta must have x's dtype"):
+        ops.perturb(x, theta.to(torch.int64), PHILOX)
+    with pytest.raises(ValueError, match="philox must be an int64 tensor of shape"):
+        ops.perturb(x, theta, PHILOX.to(torch.int32))
+    with pytest.raises(ValueError, match="philox must be an int64 tensor of shape"):
+        ops.perturb_backward(x, theta, torch.tensor([SEED, OFFSET, 0]))

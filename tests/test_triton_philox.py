@@ -23,9 +23,15 @@ STREAMS = [
 ]
 
 
+def philox(seed, offset):
+    """The (2,) int64 tensor of (seed, offset): a seed of 2**63 or more as its two's complement,
+    whose bits the kernels take as the 64-bit key."""
+    return torch.tensor([seed - 2**64 if seed >= 2**63 else seed, offset], dtype=torch.int64)
+
+
 @pytest.mark.parametrize("seed,offset,numel", STREAMS)
 def test_words_match_reference(seed, offset, numel):
-    words = triton_philox.philox_words(seed, offset, numel, DEVICE)
+    words = triton_philox.philox_words(philox(seed, offset), numel, DEVICE)
     assert words.dtype == torch.int32 and words.shape == (numel,)
     expected = reference.philox_words(seed, offset, numel, DEVICE)
     assert torch.equal(words.to(torch.int64) & 0xFFFFFFFF, expected)
@@ -33,7 +39,7 @@ def test_words_match_reference(seed, offset, numel):
 
 @pytest.mark.parametrize("seed,offset,numel", STREAMS)
 def test_uniforms_bit_identical(seed, offset, numel):
-    uniforms = triton_philox.philox_uniform(seed, offset, numel, DEVICE)
+    uniforms = triton_philox.philox_uniform(philox(seed, offset), numel, DEVICE)
     expected = reference.philox_uniform(seed, offset, numel, DEVICE)
     assert torch.equal(uniforms, expected)
     assert uniforms.min() >= 0 and uniforms.max() < 1
@@ -41,20 +47,26 @@ def test_uniforms_bit_identical(seed, offset, numel):
 
 @pytest.mark.parametrize("seed,offset,numel", STREAMS)
 def test_normals_within_ulps(seed, offset, numel):
-    normals = triton_philox.philox_normal(seed, offset, numel, DEVICE)
+    normals = triton_philox.philox_normal(philox(seed, offset), numel, DEVICE)
     expected = reference.philox_normal(seed, offset, numel, DEVICE)
     torch.testing.assert_close(normals, expected, rtol=4 * 2**-23, atol=1e-6)
 
 
 def test_offset_continues_the_stream():
     """Offset k starts the stream 4 * k elements later: calls with successive offsets tile one stream."""
-    whole = triton_philox.philox_words(7, 100, 64, DEVICE)
-    tail = triton_philox.philox_words(7, 108, 32, DEVICE)
+    whole = triton_philox.philox_words(philox(7, 100), 64, DEVICE)
+    tail = triton_philox.philox_words(philox(7, 108), 32, DEVICE)
     assert torch.equal(whole[32:], tail)
     assert not torch.equal(whole[:32], tail)
 
 
-@pytest.mark.parametrize("seed,offset", [(-1, 0), (2**64, 0), (0, -1), (0, 2**63)])
-def test_rejects_out_of_range_seed_and_offset(seed, offset):
-    with pytest.raises(ValueError, match="seed|offset"):
-        triton_philox.philox_words(seed, offset, 4, DEVICE)
+def test_shift_moves_the_counter_inside_the_kernel():
+    """shift k reads the stream at offset + k, from the same philox tensor."""
+    shifted = triton_philox.philox_uniform(philox(7, 100), 9, DEVICE, shift=2**32)
+    assert torch.equal(shifted, reference.philox_uniform(7, 100 + 2**32, 9, DEVICE))
+
+
+def test_philox_on_the_device_is_read_by_the_kernel():
+    """The kernels load (seed, offset) themselves: the tensor may already live on the data's device."""
+    words = triton_philox.philox_words(philox(2**35 + 11, 2**32 - 3).to(DEVICE), 77, DEVICE)
+    assert torch.equal(words.to(torch.int64) & 0xFFFFFFFF, reference.philox_words(2**35 + 11, 2**32 - 3, 77, DEVICE))

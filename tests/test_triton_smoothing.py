@@ -1,4 +1,4 @@
-"""Triton noisy_repeat / vote kernels against the pure-torch reference (and the C++ kernels when built)."""
+"""Triton noisy_repeat / vote / vote_backward ops against the pure-torch reference and the C++ CPU ops."""
 import os
 
 import pytest
@@ -7,20 +7,30 @@ import torch
 RUNNABLE = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 pytestmark = pytest.mark.skipif(not RUNNABLE, reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1")
 
+from torch._library.custom_ops import OPDEFS  # noqa: E402
+
 from stochnet import functional  # noqa: E402
 from stochnet.kernels import smoothing as kernels  # noqa: E402
-from stochnet.ops import smoothing as ops  # noqa: E402
+from stochnet.ops.checks import VOTE_MODES  # noqa: E402
+from stochnet.ops.library import triton_ops  # noqa: E402
 from stochnet.ops.smoothing import reference_noisy_repeat, reference_vote, reference_vote_soft_grad  # noqa: E402
 
+ops = triton_ops()
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 SEED, OFFSET = 2**35 + 11, 2**32 - 5  # the counter crosses 2**32 inside the call
+PHILOX = torch.tensor([SEED, OFFSET])
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-MODES = pytest.mark.parametrize("mode", kernels.VOTE_MODES)
+MODES = pytest.mark.parametrize("mode", VOTE_MODES)
 # Rows of the stream start off a Philox counter when the sample size is not a multiple of 4.
 # (sample shape, m) pairs.
 SAMPLE_CASES = [((3, 4, 5), 6), ((2, 3, 3), 3), ((5, 8), 1), ((5,), 3), ((1, 2, 2, 2), 2)]
 # (B, m, K): odd sizes, one copy, one class, K past the 32 weighted ranks, K = 1000.
 VOTE_SHAPES = [(3, 5, 7), (1, 1, 1), (4, 1, 3), (2, 3, 33), (2, 2, 1000)]
+
+
+def _philox(seed, offset):
+    """(seed, offset) as the ops take it; a seed of 2**63 or more as its two's complement (the key's bits)."""
+    return torch.tensor([seed - 2**64 if seed >= 2**63 else seed, offset])
 
 
 def _tensor(shape, dtype, salt=0):
@@ -54,7 +64,7 @@ def _assert_votes_equal(votes, expected, mode):
 @pytest.mark.parametrize("shape, m", SAMPLE_CASES, ids=str)
 def test_noisy_repeat_matches_reference(shape, m, dtype):
     x = _tensor(shape, dtype)
-    y = kernels.noisy_repeat_fwd(x, m, 0.25, SEED, OFFSET)
+    y = ops.noisy_repeat(x, m, 0.25, PHILOX)
     assert y.dtype == dtype and y.shape == (shape[0] * m,) + shape[1:] and y.is_contiguous()
     # The stream is the same; only the libm of the normals may differ, by a few ulps.
     torch.testing.assert_close(y, reference_noisy_repeat(x, m, 0.25, SEED, OFFSET), rtol=1e-5, atol=1e-6)
@@ -69,7 +79,7 @@ def test_noisy_repeat_with_column_blocks_and_split_copies(shape, m, tile, target
     monkeypatch.setattr(kernels, "_TILE", tile)
     monkeypatch.setattr(kernels, "_TARGET_PROGRAMS", target_programs)
     x = _tensor(shape, torch.float64)
-    torch.testing.assert_close(kernels.noisy_repeat_fwd(x, m, 1.5, SEED, OFFSET),
+    torch.testing.assert_close(ops.noisy_repeat(x, m, 1.5, PHILOX),
                                reference_noisy_repeat(x, m, 1.5, SEED, OFFSET), rtol=1e-5, atol=1e-6)
 
 
@@ -77,18 +87,18 @@ def test_noisy_repeat_with_column_blocks_and_split_copies(shape, m, tile, target
 @pytest.mark.parametrize("shape", [(3, 4, 5), (2, 3, 3)], ids=str)
 def test_noisy_repeat_with_zero_sigma_is_exact_copies(shape, dtype):
     x = _tensor(shape, dtype)
-    assert torch.equal(kernels.noisy_repeat_fwd(x, 5, 0.0, SEED, OFFSET), x.repeat_interleave(5, dim=0))
+    assert torch.equal(ops.noisy_repeat(x, 5, 0.0, PHILOX), x.repeat_interleave(5, dim=0))
 
 
 def test_noisy_repeat_same_seed_same_noise_other_offset_other_noise():
     x = _tensor((3, 2, 6), torch.float32)
-    first = kernels.noisy_repeat_fwd(x, 4, 0.5, SEED, OFFSET)
-    assert torch.equal(first, kernels.noisy_repeat_fwd(x, 4, 0.5, SEED, OFFSET))
-    assert not torch.equal(first, kernels.noisy_repeat_fwd(x, 4, 0.5, SEED, OFFSET + 1))
+    first = ops.noisy_repeat(x, 4, 0.5, PHILOX)
+    assert torch.equal(first, ops.noisy_repeat(x, 4, 0.5, PHILOX))
+    assert not torch.equal(first, ops.noisy_repeat(x, 4, 0.5, _philox(SEED, OFFSET + 1)))
     copies = first.view(3, 4, 12)
     assert not torch.equal(copies[:, 0], copies[:, 1])  # every copy draws its own noise
     big_seed = 2**64 - 3  # the whole 64-bit key range
-    torch.testing.assert_close(kernels.noisy_repeat_fwd(x, 4, 0.5, big_seed, 0),
+    torch.testing.assert_close(ops.noisy_repeat(x, 4, 0.5, _philox(big_seed, 0)),
                                reference_noisy_repeat(x, 4, 0.5, big_seed, 0), rtol=1e-5, atol=1e-6)
 
 
@@ -97,7 +107,7 @@ def test_noisy_repeat_same_seed_same_noise_other_offset_other_noise():
 @pytest.mark.parametrize("batch, m, classes", VOTE_SHAPES, ids=str)
 def test_vote_matches_reference(batch, m, classes, mode, dtype):
     logits = _tensor((batch * m, classes), dtype)
-    _assert_votes_equal(kernels.vote_fwd(logits, m, mode), reference_vote(logits, m, mode), mode)
+    _assert_votes_equal(ops.vote(logits, m, mode), reference_vote(logits, m, mode), mode)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns on the NaN rows
@@ -108,7 +118,7 @@ def test_vote_ties_nan_and_infinities_as_torch(batch, m, classes, mode, dtype):
     """argmax: the first maximum, NaN the largest; ranks: a stable descending sort, NaN first;
     softmax: NaN rows stay NaN. (2, 3, 40) has ties across the rank-32 cutoff."""
     logits = _tied_logits(batch * m, classes, dtype)
-    _assert_votes_equal(kernels.vote_fwd(logits, m, mode), reference_vote(logits, m, mode), mode)
+    _assert_votes_equal(ops.vote(logits, m, mode), reference_vote(logits, m, mode), mode)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # softmax of the all -inf row is NaN
@@ -117,14 +127,14 @@ def test_vote_with_several_row_tiles_per_sample(mode, monkeypatch):
     """A 32-element tile holds 2 rows of 10 (padded to 16) classes: 5 steps over 9 copies."""
     monkeypatch.setattr(kernels, "_TILE", 32)
     logits = _tied_logits(2 * 9, 10, torch.float32, salt=1)
-    _assert_votes_equal(kernels.vote_fwd(logits, 9, mode), reference_vote(logits, 9, mode), mode)
+    _assert_votes_equal(ops.vote(logits, 9, mode), reference_vote(logits, 9, mode), mode)
 
 
 def test_weighted_vote_ranks_every_class_by_powers_of_two():
     logits = torch.tensor([[0.1, 3.0, -1.0, 3.0], [float("nan"), 0.0, 2.0, float("nan")]], device=DEVICE)
     # Row 0 ranks classes 1, 3, 0, 2 (equal logits by index); row 1 ranks the NaNs 0, 3 first, then 2, 1.
     expected = torch.tensor([[0.25 + 1.0, 1.0 + 0.125, 0.125 + 0.25, 0.5 + 0.5]], device=DEVICE)
-    assert torch.equal(kernels.vote_fwd(logits, 2, "weighted"), expected)
+    assert torch.equal(ops.vote(logits, 2, "weighted"), expected)
 
 
 @DTYPES
@@ -132,7 +142,7 @@ def test_weighted_vote_ranks_every_class_by_powers_of_two():
 def test_soft_backward_matches_reference(batch, m, classes, dtype):
     logits = _tensor((batch * m, classes), dtype)
     grad = _tensor((batch, classes), dtype, salt=1)
-    d_logits = kernels.vote_soft_bwd(grad, logits, m)
+    d_logits = ops.vote_backward(grad, logits, m)
     assert d_logits.dtype == dtype and d_logits.shape == logits.shape
     torch.testing.assert_close(d_logits, reference_vote_soft_grad(grad, logits, m))
 
@@ -142,13 +152,17 @@ def test_soft_backward_with_row_tiles_across_samples(monkeypatch):
     monkeypatch.setattr(kernels, "_TILE", 32)
     logits = _tensor((5 * 3, 6), torch.float64)
     grad = _tensor((5, 6), torch.float64, salt=2)
-    torch.testing.assert_close(kernels.vote_soft_bwd(grad, logits, 3), reference_vote_soft_grad(grad, logits, 3))
+    torch.testing.assert_close(ops.vote_backward(grad, logits, 3), reference_vote_soft_grad(grad, logits, 3))
+
+
+def test_noisy_repeat_reads_philox_on_the_data_device():
+    x = _tensor((3, 2, 6), torch.float32)
+    assert torch.equal(ops.noisy_repeat(x, 4, 0.5, PHILOX.to(DEVICE)), ops.noisy_repeat(x, 4, 0.5, PHILOX))
 
 
 def test_noisy_repeat_through_the_triton_backend_with_autograd():
-    philox = torch.tensor([SEED, OFFSET], dtype=torch.int64)
     x = _tensor((3, 2, 5), torch.float32).requires_grad_()
-    y = functional.noisy_repeat(x, 4, 0.5, backend="triton", philox=philox)
+    y = functional.noisy_repeat(x, 4, 0.5, backend="triton", philox=PHILOX)
     torch.testing.assert_close(y, reference_noisy_repeat(x, 4, 0.5, SEED, OFFSET), rtol=1e-5, atol=1e-6)
     grad = _tensor(tuple(y.shape), torch.float32, salt=3)
     (dx,) = torch.autograd.grad(y, x, grad)
@@ -170,28 +184,42 @@ def test_soft_vote_gradient_through_the_triton_backend():
     torch.testing.assert_close(d_triton, d_torch)
 
 
-def test_opcheck_of_the_ops_on_the_triton_backend():
-    """Schema, fake impls (shapes and dtypes of the kernels' outputs) and autograd registration."""
-    philox = torch.tensor([SEED, OFFSET], dtype=torch.int64)
-    torch.library.opcheck(ops.noisy_repeat_op, (_tensor((3, 5), torch.float32).requires_grad_(), 3, 0.5, philox,
-                                                "triton"))
+def _skip_without_fakes(*names):
+    """Skip while stochnet.ops.smoothing registers no fake implementation for a Triton op of ``names``."""
+    missing = [name for name in names
+               if getattr(OPDEFS.get(f"stochnet_triton::{name}"), "_abstract_fn", None) is None]
+    if missing:
+        pytest.skip(f"stochnet.ops.smoothing registers no fake for stochnet_triton::{missing} yet")
+
+
+def test_opcheck_noisy_repeat():
+    _skip_without_fakes("noisy_repeat")
+    for shape in [(3, 5), (2, 3, 4)]:
+        torch.library.opcheck(ops.noisy_repeat, (_tensor(shape, torch.float32), 3, 0.5, PHILOX),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+@MODES
+def test_opcheck_vote(mode):
+    _skip_without_fakes("vote")
+    torch.library.opcheck(ops.vote, (_tensor((2 * 3, 5), torch.float32), 3, mode),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_opcheck_vote_backward():
+    _skip_without_fakes("vote_backward")
+    torch.library.opcheck(ops.vote_backward, (_tensor((2, 5), torch.float32), _tensor((2 * 3, 5), torch.float32), 3),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_opcheck_with_autograd_registration():
+    """Every opcheck test, autograd registration included, on inputs that require grad."""
+    _skip_without_fakes("noisy_repeat", "vote", "vote_backward")
+    torch.library.opcheck(ops.noisy_repeat, (_tensor((3, 5), torch.float32).requires_grad_(), 3, 0.5, PHILOX))
     logits = _tensor((2 * 3, 5), torch.float32)
-    for mode in ops.VOTE_MODES:
-        torch.library.opcheck(ops.vote_op, (logits.clone().requires_grad_(mode == "soft"), 3, mode, "triton"))
-    torch.library.opcheck(ops.vote_soft_grad_op, (_tensor((2, 5), torch.float32), logits, 3, "triton"))
-
-
-def test_constants_mirror_the_op_layer():
-    assert kernels.VOTE_MODES == ops.VOTE_MODES
-    assert kernels.WEIGHTED_RANKS == ops.WEIGHTED_RANKS
-
-
-def _cpp(op, *args):
-    """``torch.ops.stochnet.<op>`` on CPU, or None while the C++ kernel is not built."""
-    try:
-        return getattr(torch.ops.stochnet, op)(*args)
-    except (NotImplementedError, AttributeError):
-        return None
+    for mode in VOTE_MODES:
+        torch.library.opcheck(ops.vote, (logits.clone().requires_grad_(mode == "soft"), 3, mode))
+    torch.library.opcheck(ops.vote_backward, (_tensor((2, 5), torch.float32), logits, 3))
 
 
 CPU_ONLY = pytest.mark.skipif(DEVICE != "cpu", reason="compares with the C++ CPU kernels on CPU tensors")
@@ -202,10 +230,8 @@ CPU_ONLY = pytest.mark.skipif(DEVICE != "cpu", reason="compares with the C++ CPU
 @pytest.mark.parametrize("shape", [(3, 4, 5), (2, 3, 3)], ids=str)
 def test_noisy_repeat_agrees_with_cpp_kernel(shape, dtype):
     x = _tensor(shape, dtype)
-    y_cpp = _cpp("noisy_repeat_fwd", x, 3, 0.5, SEED, OFFSET)
-    if y_cpp is None:
-        pytest.skip("the C++ noisy_repeat_fwd kernel is not built")
-    torch.testing.assert_close(kernels.noisy_repeat_fwd(x, 3, 0.5, SEED, OFFSET), y_cpp, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ops.noisy_repeat(x, 3, 0.5, PHILOX), torch.ops.stochnet.noisy_repeat(x, 3, 0.5, PHILOX),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -214,68 +240,68 @@ def test_noisy_repeat_agrees_with_cpp_kernel(shape, dtype):
 @MODES
 def test_vote_and_soft_backward_agree_with_cpp_kernel(mode, dtype):
     logits = _tied_logits(3 * 5, 40, dtype, salt=5)
-    votes_cpp = _cpp("vote_fwd", logits, 5, mode)
-    if votes_cpp is None:
-        pytest.skip("the C++ vote_fwd kernel is not built")
-    _assert_votes_equal(kernels.vote_fwd(logits, 5, mode), votes_cpp, mode)
+    _assert_votes_equal(ops.vote(logits, 5, mode), torch.ops.stochnet.vote(logits, 5, mode), mode)
     if mode == "soft":
         finite = _tensor((3 * 5, 40), dtype)
         grad = _tensor((3, 40), dtype, salt=6)
-        torch.testing.assert_close(kernels.vote_soft_bwd(grad, finite, 5),
-                                   _cpp("vote_soft_bwd", grad, finite, 5))
+        torch.testing.assert_close(ops.vote_backward(grad, finite, 5),
+                                   torch.ops.stochnet.vote_backward(grad, finite, 5))
 
 
 @pytest.mark.skipif(DEVICE == "cpu", reason="half precision runs on the GPU only")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_computes_in_float32(dtype):
     x = _tensor((3, 4, 5), dtype)
-    torch.testing.assert_close(kernels.noisy_repeat_fwd(x, 3, 0.5, SEED, OFFSET),
+    torch.testing.assert_close(ops.noisy_repeat(x, 3, 0.5, PHILOX),
                                reference_noisy_repeat(x, 3, 0.5, SEED, OFFSET))
     logits = _tensor((4 * 3, 10), dtype)
-    for mode in kernels.VOTE_MODES:
-        votes = kernels.vote_fwd(logits, 3, mode)
+    for mode in VOTE_MODES:
+        votes = ops.vote(logits, 3, mode)
         expected = reference_vote(logits, 3, mode)
         assert votes.dtype == expected.dtype
         torch.testing.assert_close(votes, expected)
     grad = _tensor((4, 10), dtype, salt=1)
-    torch.testing.assert_close(kernels.vote_soft_bwd(grad, logits, 3), reference_vote_soft_grad(grad, logits, 3))
+    torch.testing.assert_close(ops.vote_backward(grad, logits, 3), reference_vote_soft_grad(grad, logits, 3))
 
 
 def test_rejects_bad_arguments():
+    """Through stochnet.ops.checks, plus the Triton kernels' own limits: errors name the argument."""
     x = _tensor((2, 3), torch.float32)
     logits = _tensor((6, 4), torch.float32)
     grad = _tensor((2, 4), torch.float32)
     with pytest.raises(ValueError, match="m must be an integer >= 1"):
-        kernels.noisy_repeat_fwd(x, 0, 0.5, SEED, OFFSET)
+        ops.noisy_repeat(x, 0, 0.5, PHILOX)
     with pytest.raises(ValueError, match="m must be an integer >= 1"):
-        kernels.vote_fwd(logits, True, "soft")
+        ops.vote(logits, 0, "soft")
     with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
-        kernels.noisy_repeat_fwd(x, 2, -0.1, SEED, OFFSET)
+        ops.noisy_repeat(x, 2, -0.1, PHILOX)
     with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
-        kernels.noisy_repeat_fwd(x, 2, float("nan"), SEED, OFFSET)
-    with pytest.raises(ValueError, match="seed"):
-        kernels.noisy_repeat_fwd(x, 2, 0.5, -1, OFFSET)
+        ops.noisy_repeat(x, 2, float("nan"), PHILOX)
+    with pytest.raises(ValueError, match="philox must be an int64 tensor of shape"):
+        ops.noisy_repeat(x, 2, 0.5, PHILOX.double())
     with pytest.raises(ValueError, match="x must be contiguous"):
-        kernels.noisy_repeat_fwd(x.t(), 2, 0.5, SEED, OFFSET)
-    with pytest.raises(ValueError, match="x must not be empty"):
-        kernels.noisy_repeat_fwd(x[:0], 2, 0.5, SEED, OFFSET)
-    with pytest.raises(ValueError, match="x must have shape"):
-        kernels.noisy_repeat_fwd(x[0, 0], 2, 0.5, SEED, OFFSET)
-    with pytest.raises(ValueError, match="x must have dtype"):
-        kernels.noisy_repeat_fwd(x.to(torch.int32), 2, 0.5, SEED, OFFSET)
+        ops.noisy_repeat(x.t(), 2, 0.5, PHILOX)
+    with pytest.raises(ValueError, match="x must be a non-empty tensor"):
+        ops.noisy_repeat(x[:0], 2, 0.5, PHILOX)
+    with pytest.raises(ValueError, match="x must be a non-empty tensor of shape"):
+        ops.noisy_repeat(x[0, 0], 2, 0.5, PHILOX)
+    with pytest.raises(TypeError, match="x must have dtype"):
+        ops.noisy_repeat(x.to(torch.int32), 2, 0.5, PHILOX)
     with pytest.raises(ValueError, match="not divisible by m=4"):
-        kernels.vote_fwd(logits, 4, "prediction")
+        ops.vote(logits, 4, "prediction")
     with pytest.raises(ValueError, match="mode must be one of"):
-        kernels.vote_fwd(logits, 3, "hard")
-    with pytest.raises(ValueError, match="logits must have shape"):
-        kernels.vote_fwd(logits.view(-1), 3, "soft")
+        ops.vote(logits, 3, "hard")
+    with pytest.raises(ValueError, match=r"logits must be a non-empty \(B\*m, K\) tensor"):
+        ops.vote(logits.view(-1), 3, "soft")
     with pytest.raises(ValueError, match="logits must be contiguous"):
-        kernels.vote_fwd(_tensor((4, 6), torch.float32).t(), 3, "soft")
+        ops.vote(_tensor((4, 6), torch.float32).t(), 3, "soft")
     with pytest.raises(ValueError, match="at most 32768"):
-        kernels.vote_fwd(torch.zeros(1, 32769, device=DEVICE), 1, "prediction")
+        ops.vote(torch.zeros(1, 32769, device=DEVICE), 1, "prediction")
     with pytest.raises(ValueError, match=r"grad must have shape \(2, 4\)"):
-        kernels.vote_soft_bwd(grad[:1], logits, 3)
-    with pytest.raises(ValueError, match="grad must have dtype"):
-        kernels.vote_soft_bwd(grad.to(torch.int64), logits, 3)
+        ops.vote_backward(grad[:1], logits, 3)
+    with pytest.raises(ValueError, match="grad must have logits' dtype"):
+        ops.vote_backward(grad.to(torch.int64), logits, 3)
+    with pytest.raises(ValueError, match="grad must be contiguous"):
+        ops.vote_backward(_tensor((4, 2), torch.float32).t(), logits, 3)
     with pytest.raises(ValueError, match="not divisible by m=4"):
-        kernels.vote_soft_bwd(grad, logits, 4)
+        ops.vote_backward(grad, logits, 4)

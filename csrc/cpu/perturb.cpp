@@ -284,26 +284,25 @@ void check_cpu_dtype(const at::Tensor& t, const char* name) {
               " must be float32 or float64 on CPU, got ", t.scalar_type());
 }
 
-at::Tensor perturb_fwd(const at::Tensor& x, const at::Tensor& theta, int64_t seed, int64_t offset) {
+at::Tensor perturb(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& philox) {
   check_perturb_args(x, theta, "x");
-  check_seed(seed, offset);
+  const auto [seed, offset] = philox_pair(philox);
   check_cpu_dtype(x, "x");
   at::Tensor y = pooled_empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "perturb_fwd", [&] {
-    forward<scalar_t>(x, theta_map<scalar_t>(x, theta), static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
-                      y);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "perturb", [&] {
+    forward<scalar_t>(x, theta_map<scalar_t>(x, theta), seed, offset, y);
   });
   return y;
 }
 
-at::Tensor perturb_bwd(const at::Tensor& grad, const at::Tensor& theta, int64_t seed, int64_t offset) {
+at::Tensor perturb_backward(const at::Tensor& grad, const at::Tensor& theta, const at::Tensor& philox) {
   check_perturb_args(grad, theta, "grad");
-  check_seed(seed, offset);
+  const auto [seed, offset] = philox_pair(philox);
   check_cpu_dtype(grad, "grad");
   at::Tensor sums = at::empty(theta.sizes(), theta.options().dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "perturb_bwd", [&] {
-    const std::vector<double> values = backward<scalar_t>(grad, theta_map<scalar_t>(grad, theta), theta.numel(),
-                                                          static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "perturb_backward", [&] {
+    const std::vector<double> values = backward<scalar_t>(grad, theta_map<scalar_t>(grad, theta), theta.numel(), seed,
+                                                          offset);
     std::copy(values.begin(), values.end(), sums.mutable_data_ptr<double>());
   });
   return sums.to(theta.scalar_type());
@@ -312,8 +311,8 @@ at::Tensor perturb_bwd(const at::Tensor& grad, const at::Tensor& theta, int64_t 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(stochnet, CPU, m) {
-  m.impl("perturb_fwd", &perturb_fwd);
-  m.impl("perturb_bwd", &perturb_bwd);
+  m.impl("perturb", &perturb);
+  m.impl("perturb_backward", &perturb_backward);
 }
 
 }  // namespace stochnet::cpu

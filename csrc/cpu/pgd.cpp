@@ -251,7 +251,7 @@ void l2_step(const scalar_t* xa, const scalar_t* g, const scalar_t* xo, const st
 }
 
 template <typename scalar_t>
-void mim_step(const scalar_t* xa, const scalar_t* g, const scalar_t* xo, scalar_t* m,
+void mim_update(const scalar_t* xa, const scalar_t* g, const scalar_t* xo, scalar_t* m,
               const std::vector<scalar_t>& eps, const std::vector<scalar_t>& alpha, scalar_t mu, scalar_t lo,
               scalar_t hi, const Shape& shape, scalar_t* out) {
   using Vec = at::vec::Vectorized<scalar_t>;
@@ -382,14 +382,14 @@ void check_cpu_dtype(const at::Tensor& t, const char* name) {
               " must be float32 or float64 on CPU, got ", t.scalar_type());
 }
 
-at::Tensor pgd_step_fwd(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
+at::Tensor pgd_step(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
                         const at::Tensor& eps, const at::Tensor& alpha, c10::string_view norm, double lo, double hi) {
   check_pgd_step_args(x_adv, grad, x_orig, eps, alpha, lo, hi);
   check_cpu_dtype(x_adv, "x_adv");
   const bool l2 = is_l2_norm(norm);
   at::Tensor out = pooled_empty(x_adv.sizes(), x_adv.scalar_type());
   const std::vector<double> eps_values = per_sample_values(eps), alpha_values = per_sample_values(alpha);
-  AT_DISPATCH_FLOATING_TYPES(x_adv.scalar_type(), "pgd_step_fwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x_adv.scalar_type(), "pgd_step", [&] {
     const scalar_t *xa = x_adv.const_data_ptr<scalar_t>(), *g = grad.const_data_ptr<scalar_t>(),
                    *xo = x_orig.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
@@ -404,7 +404,7 @@ at::Tensor pgd_step_fwd(const at::Tensor& x_adv, const at::Tensor& grad, const a
   return out;
 }
 
-at::Tensor mim_step_fwd(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
+at::Tensor mim_step(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
                         at::Tensor& momentum, const at::Tensor& eps, const at::Tensor& alpha, double mu, double lo,
                         double hi) {
   check_pgd_step_args(x_adv, grad, x_orig, eps, alpha, lo, hi);
@@ -415,8 +415,8 @@ at::Tensor mim_step_fwd(const at::Tensor& x_adv, const at::Tensor& grad, const a
   check_cpu_dtype(x_adv, "x_adv");
   at::Tensor out = pooled_empty(x_adv.sizes(), x_adv.scalar_type());
   const std::vector<double> eps_values = per_sample_values(eps), alpha_values = per_sample_values(alpha);
-  AT_DISPATCH_FLOATING_TYPES(x_adv.scalar_type(), "mim_step_fwd", [&] {
-    mim_step<scalar_t>(x_adv.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
+  AT_DISPATCH_FLOATING_TYPES(x_adv.scalar_type(), "mim_step", [&] {
+    mim_update<scalar_t>(x_adv.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
                        x_orig.const_data_ptr<scalar_t>(), momentum.mutable_data_ptr<scalar_t>(),
                        cast_values<scalar_t>(eps_values), cast_values<scalar_t>(alpha_values),
                        static_cast<scalar_t>(mu), static_cast<scalar_t>(lo), static_cast<scalar_t>(hi),
@@ -425,25 +425,24 @@ at::Tensor mim_step_fwd(const at::Tensor& x_adv, const at::Tensor& grad, const a
   return out;
 }
 
-at::Tensor random_start_fwd(const at::Tensor& x_orig, const at::Tensor& eps, c10::string_view norm, double lo,
-                            double hi, int64_t seed, int64_t offset) {
+at::Tensor random_start(const at::Tensor& x_orig, const at::Tensor& eps, c10::string_view norm, double lo,
+                            double hi, const at::Tensor& philox) {
   check_pgd_input(x_orig, "x_orig");
   check_cpu_dtype(x_orig, "x_orig");
   check_per_sample(eps, x_orig, "eps");
   check_clip(lo, hi);
-  check_seed(seed, offset);
+  const auto [seed, offset] = philox_pair(philox);
   const bool l2 = is_l2_norm(norm);
   at::Tensor out = pooled_empty(x_orig.sizes(), x_orig.scalar_type());
   const std::vector<double> eps_values = per_sample_values(eps);
-  AT_DISPATCH_FLOATING_TYPES(x_orig.scalar_type(), "random_start_fwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x_orig.scalar_type(), "random_start", [&] {
     const scalar_t* x = x_orig.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const auto low = static_cast<scalar_t>(lo), high = static_cast<scalar_t>(hi);
-    const auto s = static_cast<uint64_t>(seed), off = static_cast<uint64_t>(offset);
     if (l2) {
-      l2_random_start<scalar_t>(x, eps_values, low, high, s, off, shape_of(x_orig), o);
+      l2_random_start<scalar_t>(x, eps_values, low, high, seed, offset, shape_of(x_orig), o);
     } else {
-      linf_random_start<scalar_t>(x, cast_values<scalar_t>(eps_values), low, high, s, off, shape_of(x_orig), o);
+      linf_random_start<scalar_t>(x, cast_values<scalar_t>(eps_values), low, high, seed, offset, shape_of(x_orig), o);
     }
   });
   return out;
@@ -452,9 +451,9 @@ at::Tensor random_start_fwd(const at::Tensor& x_orig, const at::Tensor& eps, c10
 }  // namespace
 
 TORCH_LIBRARY_IMPL(stochnet, CPU, m) {
-  m.impl("pgd_step_fwd", &pgd_step_fwd);
-  m.impl("mim_step_fwd", &mim_step_fwd);
-  m.impl("random_start_fwd", &random_start_fwd);
+  m.impl("pgd_step", &pgd_step);
+  m.impl("mim_step", &mim_step);
+  m.impl("random_start", &random_start);
 }
 
 }  // namespace stochnet::cpu

@@ -351,19 +351,20 @@ void forward(const at::Tensor& x, at::Tensor& running_sigma, double gamma, doubl
   running_sigma.copy_(updated);
 }
 
-std::tuple<at::Tensor, at::Tensor> stoc_relu_ema_fwd(const at::Tensor& x, at::Tensor& running_sigma, double gamma,
-                                                     double momentum, bool training, int64_t seed, int64_t offset) {
+// Functional in running_sigma (the schema allows autograd): returns (y, mask, the updated sigma).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stoc_relu_ema(const at::Tensor& x, const at::Tensor& running_sigma,
+                                                             double gamma, double momentum, bool training,
+                                                             const at::Tensor& philox) {
   check_stoc_relu_ema_args(x, running_sigma, gamma, momentum, training);
-  check_seed(seed, offset);
+  const auto [seed, offset] = philox_pair(philox);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "x must be float32 or float64 on CPU, got ", x.scalar_type());
   at::Tensor y = pooled_empty_like(x);
   at::Tensor mask = pooled_empty({(x.numel() + 7) / 8}, at::kByte);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stoc_relu_ema_fwd", [&] {
-    forward<scalar_t>(x, running_sigma, gamma, momentum, training, static_cast<uint64_t>(seed),
-                      static_cast<uint64_t>(offset), y, mask);
-  });
-  return {y, mask};
+  at::Tensor sigma = running_sigma.clone();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stoc_relu_ema",
+                             [&] { forward<scalar_t>(x, sigma, gamma, momentum, training, seed, offset, y, mask); });
+  return {y, mask, sigma};
 }
 
 template <typename scalar_t>
@@ -389,64 +390,23 @@ void mask_backward(const scalar_t* grad, const uint8_t* mask, scalar_t* out, int
   });
 }
 
-at::Tensor relu_mask_backward(const at::Tensor& grad, const at::Tensor& mask) {
+at::Tensor stoc_relu_ema_backward(const at::Tensor& grad, const at::Tensor& mask) {
   check_mask_backward_args(grad, mask);
   TORCH_CHECK(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble,
               "grad must be float32 or float64 on CPU, got ", grad.scalar_type());
   at::Tensor out = pooled_empty_like(grad);
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "relu_mask_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "stoc_relu_ema_backward", [&] {
     mask_backward<scalar_t>(grad.const_data_ptr<scalar_t>(), mask.const_data_ptr<uint8_t>(),
                             out.mutable_data_ptr<scalar_t>(), grad.numel());
   });
   return out;
 }
 
-// out[i] = element i of the stream (seed, offset), one block per step.
-template <typename T, typename Fill>
-void fill_stream(at::Tensor& out, at::ScalarType dtype, const char* name, Fill fill) {
-  TORCH_CHECK(out.scalar_type() == dtype && out.is_contiguous(), "out must be a contiguous ", dtype,
-              " tensor for ", name, ", got ", out.scalar_type());
-  T* o = out.mutable_data_ptr<T>();
-  const int64_t numel = out.numel();
-  at::parallel_for(0, (numel + kBlock - 1) / kBlock, 64, [&](int64_t first, int64_t last) {
-    alignas(64) T block_values[kBlock];
-    for (int64_t block = first; block < last; ++block) {
-      const int64_t begin = block * kBlock;
-      fill(begin / 4, block_values);
-      std::memcpy(o + begin, block_values, sizeof(T) * std::min<int64_t>(kBlock, numel - begin));
-    }
-  });
-}
-
-void philox_words_out(int64_t seed, int64_t offset, at::Tensor& out) {
-  check_seed(seed, offset);
-  fill_stream<int32_t>(out, at::kInt, "philox_words_out", [&](int64_t counter, int32_t* values) {
-    word_block<false>(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + counter, values);
-  });
-}
-
-void philox_uniform_out(int64_t seed, int64_t offset, at::Tensor& out) {
-  check_seed(seed, offset);
-  fill_stream<float>(out, at::kFloat, "philox_uniform_out", [&](int64_t counter, float* values) {
-    word_block<true>(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + counter, values);
-  });
-}
-
-void philox_normal_out(int64_t seed, int64_t offset, at::Tensor& out) {
-  check_seed(seed, offset);
-  fill_stream<float>(out, at::kFloat, "philox_normal_out", [&](int64_t counter, float* values) {
-    normal_block(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + counter, values);
-  });
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(stochnet, CPU, m) {
-  m.impl("stoc_relu_ema_fwd", &stoc_relu_ema_fwd);
-  m.impl("relu_mask_backward", &relu_mask_backward);
-  m.impl("philox_words_out", &philox_words_out);
-  m.impl("philox_uniform_out", &philox_uniform_out);
-  m.impl("philox_normal_out", &philox_normal_out);
+  m.impl("stoc_relu_ema", &stoc_relu_ema);
+  m.impl("stoc_relu_ema_backward", &stoc_relu_ema_backward);
 }
 
 }  // namespace stochnet::cpu

@@ -1,10 +1,10 @@
-// The torch dtype -> gpu::DType mapping shared by the CUDA op layers (*_cuda.cpp). Uses torch
+// The torch dtype -> gpu::DType mapping shared by the CUDA op layers (the op .cpp files). Uses torch
 // headers, so include it from the .cpp files only, never from the .cu files.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#include "cuda/launchers.h"
+#include "cuda/common.h"
 
 namespace stochnet {
 

@@ -1,6 +1,6 @@
 // Perturb on the GPU: y = x + theta[k(p)] * z_p and its theta gradient
 // dtheta[k] = sum of grad_p * z_p over the elements with k(p) = k, where
-// k(p) = (p / inner) % channels (see perturb_launchers.h for how scalar / channel / feature
+// k(p) = (p / inner) % channels (see perturb_kernels.h for how scalar / channel / feature
 // theta map onto (channels, inner)) and z_p is normal p of the stream (seed, offset).
 //
 // Work unit: four consecutive elements 4u .. 4u + 3 in memory order, i.e. one Philox counter
@@ -25,9 +25,8 @@
 
 #include <cstdint>
 
-#include "cuda/io.cuh"
-#include "cuda/normals.cuh"
-#include "cuda/perturb_launchers.h"
+#include "cuda/common.cuh"
+#include "cuda/perturb_kernels.h"
 #include "philox.h"
 
 namespace stochnet {
@@ -116,7 +115,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    perturb_bwd_planes_kernel(const T* __restrict__ grad, int64_t channels, int64_t inner, int64_t outer,
+    perturb_backward_planes_kernel(const T* __restrict__ grad, int64_t channels, int64_t inner, int64_t outer,
                               int64_t units_per_plane, int64_t splits, int64_t items_per_split, uint64_t seed,
                               uint64_t offset, bool vec, double* __restrict__ partials) {
   using A = typename AccOf<T>::type;
@@ -154,7 +153,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    perturb_bwd_columns_kernel(const T* __restrict__ grad, int64_t numel, int64_t width, int64_t rows,
+    perturb_backward_columns_kernel(const T* __restrict__ grad, int64_t numel, int64_t width, int64_t rows,
                                int64_t rows_per_chunk, uint64_t seed, uint64_t offset, bool aligned, bool vec,
                                double* __restrict__ partials) {
   using A = typename AccOf<T>::type;
@@ -226,16 +225,6 @@ __global__ void __launch_bounds__(kFinalizeThreads)
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t gcd64(int64_t a, int64_t b) {
-  while (b != 0) {
-    const int64_t t = a % b;
-    a = b;
-    b = t;
-  }
-  return a;
-}
-int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 struct BwdPlan {
   bool planes;
@@ -334,13 +323,13 @@ cudaError_t perturb_backward(const PerturbArgs& a, const void* grad, void* dthet
     const T* g = static_cast<const T*>(grad);
     const bool vec = vec_aligned<T>(grad);
     if (p.planes) {
-      perturb_bwd_planes_kernel<T><<<static_cast<unsigned>(a.channels * p.splits), p.threads, 0, stream>>>(
+      perturb_backward_planes_kernel<T><<<static_cast<unsigned>(a.channels * p.splits), p.threads, 0, stream>>>(
           g, a.channels, a.inner, p.outer, p.units_per_plane, p.splits, p.items_per_split, a.seed, a.offset, vec,
           partials);
     } else {
       const dim3 grid(static_cast<unsigned>(ceil_div(ceil_div(p.width, kUnit), kThreads)),
                       static_cast<unsigned>(p.chunks));
-      perturb_bwd_columns_kernel<T><<<grid, kThreads, 0, stream>>>(g, a.numel, p.width, p.rows, p.rows_per_chunk,
+      perturb_backward_columns_kernel<T><<<grid, kThreads, 0, stream>>>(g, a.numel, p.width, p.rows, p.rows_per_chunk,
                                                                    a.seed, a.offset, p.width % kUnit == 0, vec,
                                                                    partials);
     }

@@ -1,4 +1,4 @@
-// PGD / MIM steps and the random start on the GPU (see pgd_launchers.h for the formulas).
+// PGD / MIM steps and the random start on the GPU (see pgd_kernels.h for the formulas).
 //
 // Work unit: four consecutive elements 4u .. 4u + 3 in memory order, i.e. one Philox counter
 // (offset + u) for the random start; 16-byte (8-byte for 16-bit types) vector loads and stores
@@ -21,9 +21,8 @@
 
 #include <cstdint>
 
-#include "cuda/io.cuh"
-#include "cuda/normals.cuh"
-#include "cuda/pgd_launchers.h"
+#include "cuda/common.cuh"
+#include "cuda/pgd_kernels.h"
 #include "philox.h"
 
 namespace stochnet {
@@ -403,8 +402,6 @@ __global__ void __launch_bounds__(kFinalizeThreads)
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 struct ReducePlan {
   int64_t d, splits, chunk;

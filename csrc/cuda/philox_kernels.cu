@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "launchers.h"
+#include "cuda/philox_kernels.h"
 #include "philox.h"
 
 namespace stochnet {

@@ -1,5 +1,5 @@
 // Smoothing on the GPU: noisy copies of a batch and the votes of their logits (rules in
-// stochnet/ops/smoothing.py, entry points in smoothing_launchers.h).
+// stochnet/ops/smoothing.py, entry points in smoothing_kernels.h).
 //
 // noisy_repeat: a thread loads four consecutive elements of one sample once and writes them,
 // noised, into each of its copies; the copies of a sample are split over several threads only
@@ -23,9 +23,8 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cuda/io.cuh"
-#include "cuda/normals.cuh"
-#include "cuda/smoothing_launchers.h"
+#include "cuda/common.cuh"
+#include "cuda/smoothing_kernels.h"
 #include "philox.h"
 
 namespace stochnet {
@@ -310,8 +309,6 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 // Blocks resident at once (8 blocks of 256 threads per SM), the cap of the grid-stride grids.
 int64_t resident_blocks(int sm_count) { return 8 * static_cast<int64_t>(sm_count > 0 ? sm_count : 1); }

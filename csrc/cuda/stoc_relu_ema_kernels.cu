@@ -27,8 +27,8 @@
 
 #include <cstdint>
 
-#include "cuda/io.cuh"
-#include "launchers.h"
+#include "cuda/common.cuh"
+#include "cuda/stoc_relu_ema_kernels.h"
 #include "philox.h"
 
 namespace stochnet {
@@ -332,7 +332,7 @@ __global__ void __launch_bounds__(kFinalizeThreads)
 // grad_x = grad * bit, the product kept (not a select) so NaN / inf gradients match grad * mask.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    relu_mask_backward_kernel(const T* __restrict__ grad, const uint8_t* __restrict__ mask, T* __restrict__ out,
+    stoc_relu_ema_backward_kernel(const T* __restrict__ grad, const uint8_t* __restrict__ mask, T* __restrict__ out,
                               int64_t numel, bool vec) {
   using A = typename AccOf<T>::type;
   const int64_t units = (numel + kUnit - 1) / kUnit;
@@ -368,16 +368,6 @@ struct StatsPlan {
   int64_t per_channel, run, stride;
 };
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t gcd64(int64_t a, int64_t b) {
-  while (b != 0) {
-    const int64_t t = a % b;
-    a = b;
-    b = t;
-  }
-  return a;
-}
-int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 constexpr int64_t kMaxGridY = 65535;
 
@@ -502,13 +492,13 @@ cudaError_t stoc_relu_ema_forward(const StocReluEmaArgs& args, cudaStream_t stre
   });
 }
 
-cudaError_t relu_mask_backward(DType dtype, const void* grad, const uint8_t* mask, void* grad_x, int64_t numel,
+cudaError_t stoc_relu_ema_backward(DType dtype, const void* grad, const uint8_t* mask, void* grad_x, int64_t numel,
                                int sm_count, cudaStream_t stream) {
   if (numel <= 0) return cudaSuccess;
   const bool vec = aligned16(grad) && aligned16(grad_x);
   return dispatch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    relu_mask_backward_kernel<T><<<flat_grid(ceil_div(numel, kUnit), sm_count), kThreads, 0, stream>>>(
+    stoc_relu_ema_backward_kernel<T><<<flat_grid(ceil_div(numel, kUnit), sm_count), kThreads, 0, stream>>>(
         static_cast<const T*>(grad), mask, static_cast<T*>(grad_x), numel, vec);
     return cudaGetLastError();
   });

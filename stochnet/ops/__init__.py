@@ -1,9 +1,10 @@
-"""torch.library custom ops over the C++, CUDA and Triton kernels, with pure-torch references."""
+"""The fused ops: one schema each, C++ (CPU, CUDA) and Triton implementations, pure-torch references.
+
+See :mod:`stochnet.ops.library` for how an op is declared and how a backend picks it.
+"""
 import torch
 
-from stochnet import _C  # noqa: F401  (registers the C++ ops in torch.ops.stochnet)
-
-from . import fake_registrations  # noqa: F401
+from . import perturb, pgd, smoothing, stoc_relu_ema  # noqa: F401  (register fakes and autograd)
 from .backend import BACKENDS, get_backend, set_backend, use_backend
 from .philox import draw_seed
 

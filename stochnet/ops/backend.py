@@ -4,9 +4,13 @@
 ``cuda``   C++/CUDA kernels
 ``triton`` Triton kernels (default for CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
 ``torch``  the pure-torch reference that defines every op's semantics
+
+:func:`resolve` validates the choice against the device; :func:`stochnet.ops.library.ops_for`
+turns it into the op namespace that runs it.
 """
 import contextlib
-import os
+
+from .library import ops_for, triton_interpreted
 
 BACKENDS = ("cpp", "cuda", "triton", "torch")
 _global_backend = None
@@ -39,10 +43,6 @@ def _check(name, argument):
     return name
 
 
-def triton_interpreted():
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def resolve(backend, device):
     """The backend to run on ``device`` (a torch.device), validated."""
     name = backend if backend is not None else _global_backend
@@ -57,3 +57,9 @@ def resolve(backend, device):
         raise ValueError("backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 "
                          "set before stochnet is imported")
     return name
+
+
+def ops(backend, device):
+    """(resolved name, op namespace or None for 'torch') of ``backend`` on ``device``."""
+    name = resolve(backend, device)
+    return name, ops_for(name)

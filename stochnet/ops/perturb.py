@@ -5,20 +5,16 @@ value per channel (C,), or one per element of the feature map (``x.shape[1:]``),
 broadcast over the batch. Every element of every sample draws its own normal (the public
 Learn2Perturb code shares one draw across the batch; we do not). Backward: ``dx = dy`` and
 ``dtheta = sum over the batch and broadcast dims of dy * z`` with ``z`` regenerated from
-``(seed, offset)``: nothing is saved for backward but theta and the (seed, offset) pair.
+``philox``: nothing is saved for backward but theta and the (seed, offset) pair.
+
+Ops: ``perturb(x, theta, philox)`` and ``perturb_backward(grad, theta, philox)`` (d theta), in
+``stochnet::`` (C++) and ``stochnet_triton::``; fake and autograd registered here for both.
 """
 import torch
 
-from . import backend as backends
-from .devices import check_same_device
-from .philox import check_philox, normal_like, seed_pair
-
-
-def _kernel_module(name):
-    if name in ("cpp", "cuda"):
-        return torch.ops.stochnet
-    from stochnet.kernels import perturb as triton_kernels
-    return triton_kernels
+from . import backend, checks
+from .library import for_each_namespace
+from .philox import normal_like, seed_pair
 
 
 def theta_view(theta, x):
@@ -33,7 +29,7 @@ def theta_view(theta, x):
 def reference(x, theta, seed, offset):
     """The semantics in pure torch, differentiable in x and theta by torch autograd."""
     x = x.contiguous()
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    compute = checks.compute_dtype(x.dtype)
     z = normal_like(x, seed, offset).to(compute)
     return (x.to(compute) + theta_view(theta, x).to(compute) * z).to(x.dtype)
 
@@ -47,59 +43,40 @@ def reference_theta_grad(grad, theta, seed, offset):
     return product.sum(dim=dims, keepdim=True).reshape(theta.shape).to(theta.dtype)
 
 
-@torch.library.custom_op("stochnet::perturb", mutates_args=())
-def perturb_op(x: torch.Tensor, theta: torch.Tensor, philox: torch.Tensor, backend: str) -> torch.Tensor:
-    """Fused ``x + theta * z`` on a contiguous ``x``."""
-    seed, offset = seed_pair(philox)
-    if backend == "torch":
-        return reference(x, theta, seed, offset)
-    return _kernel_module(backend).perturb_fwd(x, theta.contiguous(), seed, offset)
-
-
-@perturb_op.register_fake
-def _(x, theta, philox, backend):
-    check_same_device("x", x, theta=theta)
-    check_philox(philox)
+def _fake(x, theta, philox):
+    checks.perturb(x, theta, "x")
+    checks.philox(philox, x)
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("stochnet::perturb_theta_grad", mutates_args=())
-def perturb_theta_grad_op(grad: torch.Tensor, theta: torch.Tensor, philox: torch.Tensor,
-                          backend: str) -> torch.Tensor:
-    """``d theta`` from ``grad`` with the noise regenerated: a fused reduction, no noise tensor."""
-    seed, offset = seed_pair(philox)
-    if backend == "torch":
-        return reference_theta_grad(grad, theta, seed, offset)
-    return _kernel_module(backend).perturb_bwd(grad.contiguous(), theta.contiguous(), seed, offset)
-
-
-@perturb_theta_grad_op.register_fake
-def _(grad, theta, philox, backend):
-    check_same_device("grad", grad, theta=theta)
-    check_philox(philox)
+def _fake_backward(grad, theta, philox):
+    checks.perturb(grad, theta, "grad")
+    checks.philox(philox, grad)
     return torch.empty_like(theta)
 
 
 def _setup_context(ctx, inputs, output):
-    _, theta, philox, backend = inputs
+    _, theta, philox = inputs
     ctx.save_for_backward(theta, philox)
-    ctx.backend = backend
 
 
-def _backward(ctx, grad):
-    theta, philox = ctx.saved_tensors
-    grad_theta = None
-    if ctx.needs_input_grad[1]:
-        grad_theta = perturb_theta_grad_op(grad, theta, philox, ctx.backend)
-    return grad, grad_theta, None, None
+@for_each_namespace
+def _register(namespace):
+    ops = getattr(torch.ops, namespace)
+
+    def backward(ctx, grad):
+        theta, philox = ctx.saved_tensors
+        grad_theta = ops.perturb_backward(grad.contiguous(), theta, philox) if ctx.needs_input_grad[1] else None
+        return grad, grad_theta, None
+
+    torch.library.register_fake(f"{namespace}::perturb", _fake)
+    torch.library.register_fake(f"{namespace}::perturb_backward", _fake_backward)
+    torch.library.register_autograd(f"{namespace}::perturb", backward, setup_context=_setup_context)
 
 
-torch.library.register_autograd("stochnet::perturb", _backward, setup_context=_setup_context)
-
-
-def perturb(x, theta, philox, backend):
+def perturb(x, theta, philox, backend_name):
     """Dispatch after validation (see :func:`stochnet.functional.perturb`)."""
-    name = backends.resolve(backend, x.device)
-    if name == "torch":
+    _, ops = backend.ops(backend_name, x.device)
+    if ops is None:
         return reference(x, theta, *seed_pair(philox))
-    return perturb_op(x.contiguous(), theta, philox, name)
+    return ops.perturb(x.contiguous(), theta.contiguous(), philox)

@@ -23,28 +23,17 @@ reductions (norms, mean |grad|) and the per-sample factors derived from them in 
 
 None of these ops is differentiable: attacks call them under ``torch.no_grad``.
 
-Dispatch: the C++ / CUDA step kernels are registered ops with fake implementations
-(fake_registrations.py), so the cpp and cuda backends of the steps call them directly, which
-saves the Python custom-op layer's overhead (about 20 us a call, a tenth of a CIFAR-batch
-step on CPU). The custom ops ``stochnet::pgd_step`` / ``mim_step`` / ``random_start`` wrap
-every backend behind one schema: they carry the Triton kernels, and the random start for
-every backend, whose (seed, offset) tensor must be read inside an op to trace without a
-graph break.
+Ops: ``pgd_step``, ``mim_step`` (momentum mutated in place) and ``random_start``, in
+``stochnet::`` (C++) and ``stochnet_triton::``, with the fakes registered here; every backend
+calls its op directly, so an attack step costs one dispatcher call.
 """
 import torch
 
-from . import backend as backends
-from .devices import check_same_device
-from .philox import check_philox, philox_normal, philox_uniform, seed_pair
+from . import backend, checks
+from .library import for_each_namespace
+from .philox import philox_normal, philox_uniform, seed_pair
 
 MIN_NORM = 1e-12
-
-
-def _kernel_module(name):
-    if name in ("cpp", "cuda"):
-        return torch.ops.stochnet
-    from stochnet.kernels import pgd as triton_kernels
-    return triton_kernels
 
 
 def _per_sample_view(values, x):
@@ -64,13 +53,6 @@ def _sign(t):
 
 def _nan_as_zero(grad):
     return grad.masked_fill(grad.isnan(), 0)
-
-
-def _check_momentum_unaliased(momentum, **tensors):
-    """MIM writes momentum while it reads the other tensors: none may share its memory."""
-    for name, t in tensors.items():
-        if momentum.numel() and t.untyped_storage().data_ptr() == momentum.untyped_storage().data_ptr():
-            raise ValueError(f"momentum shares memory with {name}: it is updated in place, pass a separate tensor")
 
 
 def _linf_project(x_adv, step, x_orig, eps, lo, hi):
@@ -96,7 +78,6 @@ def pgd_step_reference(x_adv, grad, x_orig, eps, alpha, norm, lo, hi):
 
 def mim_step_reference(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi):
     """One MIM step in pure torch; updates ``momentum`` in place and returns the new x_adv."""
-    _check_momentum_unaliased(momentum, x_adv=x_adv, grad=grad, x_orig=x_orig)
     grad = _nan_as_zero(grad)
     per_sample = grad[0].numel()
     denom = (_sample_sums(grad.abs()) / per_sample).clamp_min(MIN_NORM)
@@ -120,93 +101,65 @@ def random_start_reference(x_orig, eps, norm, lo, hi, seed, offset):
     return torch.clamp(x_orig + z.to(x_orig.dtype) * _per_sample_view(factor, x_orig), lo, hi)
 
 
-@torch.library.custom_op("stochnet::pgd_step", mutates_args=())
-def pgd_step_op(x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, eps: torch.Tensor,
-                alpha: torch.Tensor, norm: str, lo: float, hi: float, backend: str) -> torch.Tensor:
-    """Fused PGD step on contiguous tensors (see the module docstring)."""
-    if backend == "torch":
-        return pgd_step_reference(x_adv, grad, x_orig, eps, alpha, norm, lo, hi)
-    return _kernel_module(backend).pgd_step_fwd(x_adv, grad, x_orig, eps, alpha, norm, lo, hi)
+def _fake_pgd_step(x_adv, grad, x_orig, eps, alpha, norm, lo, hi):
+    checks.pgd_step(x_adv, grad, x_orig, eps, alpha, norm)
+    return torch.empty_like(x_adv, memory_format=torch.contiguous_format)
 
 
-@pgd_step_op.register_fake
-def _(x_adv, grad, x_orig, eps, alpha, norm, lo, hi, backend):
-    check_same_device("x_adv", x_adv, grad=grad, x_orig=x_orig, eps=eps, alpha=alpha)
-    return torch.empty_like(x_adv)
+def _fake_mim_step(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi):
+    checks.pgd_step(x_adv, grad, x_orig, eps, alpha, "linf")
+    checks.momentum(momentum, x_adv)
+    return torch.empty_like(x_adv, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("stochnet::mim_step", mutates_args=("momentum",))
-def mim_step_op(x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, momentum: torch.Tensor,
-                eps: torch.Tensor, alpha: torch.Tensor, mu: float, lo: float, hi: float,
-                backend: str) -> torch.Tensor:
-    """Fused MIM step: the momentum update (in place) and the linf step in one pass."""
-    if backend == "torch":
-        return mim_step_reference(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi)
-    return _kernel_module(backend).mim_step_fwd(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi)
+def _fake_random_start(x_orig, eps, norm, lo, hi, philox):
+    checks.batched(x_orig, "x_orig")
+    checks.per_sample(eps, "eps", x_orig)
+    checks.norm(norm)
+    checks.philox(philox, x_orig)
+    return torch.empty_like(x_orig, memory_format=torch.contiguous_format)
 
 
-@mim_step_op.register_fake
-def _(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi, backend):
-    check_same_device("x_adv", x_adv, grad=grad, x_orig=x_orig, momentum=momentum, eps=eps, alpha=alpha)
-    return torch.empty_like(x_adv)
-
-
-@torch.library.custom_op("stochnet::random_start", mutates_args=())
-def random_start_op(x_orig: torch.Tensor, eps: torch.Tensor, norm: str, lo: float, hi: float,
-                    philox: torch.Tensor, backend: str) -> torch.Tensor:
-    """A random start in the eps ball from the Philox stream ``philox`` = (seed, offset)."""
-    seed, offset = seed_pair(philox)
-    if backend == "torch":
-        return random_start_reference(x_orig, eps, norm, lo, hi, seed, offset)
-    return _kernel_module(backend).random_start_fwd(x_orig, eps, norm, lo, hi, seed, offset)
-
-
-@random_start_op.register_fake
-def _(x_orig, eps, norm, lo, hi, philox, backend):
-    check_same_device("x_orig", x_orig, eps=eps)
-    check_philox(philox)
-    return torch.empty_like(x_orig)
+@for_each_namespace
+def _register(namespace):
+    torch.library.register_fake(f"{namespace}::pgd_step", _fake_pgd_step)
+    torch.library.register_fake(f"{namespace}::mim_step", _fake_mim_step)
+    torch.library.register_fake(f"{namespace}::random_start", _fake_random_start)
 
 
 def per_sample_tensor(value, x):
     """eps / alpha as the (B,) tensor the kernels take: float32, or float64 for float64 x."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dtype = checks.compute_dtype(x.dtype)
     if isinstance(value, torch.Tensor):
         return value.to(device=x.device, dtype=dtype).contiguous()
     return torch.full((x.shape[0],), float(value), dtype=dtype, device=x.device)
 
 
-def pgd_step(x_adv, grad, x_orig, eps, alpha, norm, lo, hi, backend):
+def pgd_step(x_adv, grad, x_orig, eps, alpha, norm, lo, hi, backend_name):
     """Dispatch after validation (see :func:`stochnet.functional.pgd_step`)."""
-    name = backends.resolve(backend, x_adv.device)
+    _, ops = backend.ops(backend_name, x_adv.device)
     x_adv, grad, x_orig = x_adv.contiguous(), grad.contiguous(), x_orig.contiguous()
     eps, alpha = per_sample_tensor(eps, x_adv), per_sample_tensor(alpha, x_adv)
-    if name == "torch":
+    if ops is None:
         return pgd_step_reference(x_adv, grad, x_orig, eps, alpha, norm, lo, hi)
-    if name in ("cpp", "cuda"):
-        return torch.ops.stochnet.pgd_step_fwd(x_adv, grad, x_orig, eps, alpha, norm, lo, hi)
-    return pgd_step_op(x_adv, grad, x_orig, eps, alpha, norm, lo, hi, name)
+    return ops.pgd_step(x_adv, grad, x_orig, eps, alpha, norm, lo, hi)
 
 
-def mim_step(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi, backend):
-    """Dispatch after validation (see :func:`stochnet.functional.mim_step`); momentum is contiguous.
-
-    The reference runs inside the custom op too, so that torch.compile does not trace its check of
-    momentum's memory.
-    """
-    name = backends.resolve(backend, x_adv.device)
+def mim_step(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi, backend_name):
+    """Dispatch after validation (see :func:`stochnet.functional.mim_step`); momentum is contiguous."""
+    _, ops = backend.ops(backend_name, x_adv.device)
     x_adv, grad, x_orig = x_adv.contiguous(), grad.contiguous(), x_orig.contiguous()
     eps, alpha = per_sample_tensor(eps, x_adv), per_sample_tensor(alpha, x_adv)
-    if name in ("cpp", "cuda"):
-        return torch.ops.stochnet.mim_step_fwd(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi)
-    return mim_step_op(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi, name)
+    if ops is None:
+        return mim_step_reference(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi)
+    return ops.mim_step(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi)
 
 
-def random_start(x_orig, eps, norm, lo, hi, philox, backend):
+def random_start(x_orig, eps, norm, lo, hi, philox, backend_name):
     """Dispatch after validation (see :func:`stochnet.functional.random_start`)."""
-    name = backends.resolve(backend, x_orig.device)
+    _, ops = backend.ops(backend_name, x_orig.device)
     x_orig = x_orig.contiguous()
     eps = per_sample_tensor(eps, x_orig)
-    if name == "torch":
+    if ops is None:
         return random_start_reference(x_orig, eps, norm, lo, hi, *seed_pair(philox))
-    return random_start_op(x_orig, eps, norm, lo, hi, philox, name)
+    return ops.random_start(x_orig, eps, norm, lo, hi, philox)

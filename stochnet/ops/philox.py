@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from . import checks
+
 _MASK32 = 0xFFFFFFFF
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
@@ -27,24 +29,10 @@ def draw_seed(generator=None):
     return torch.cat([seed, torch.zeros(1, dtype=torch.int64)])
 
 
-def check_philox(philox):
-    """``philox`` is a (seed, offset) tensor as :func:`draw_seed` makes: int64, shape (2,), on the CPU.
-
-    Checks the metadata only, so it also runs on the fake tensors of torch.compile.
-    """
-    if not (isinstance(philox, torch.Tensor) and philox.dtype == torch.int64 and philox.shape == (2,)
-            and philox.device.type == "cpu"):
-        described = (f"{philox.dtype} of shape {tuple(philox.shape)} on {philox.device}"
-                     if isinstance(philox, torch.Tensor) else type(philox).__name__)
-        raise ValueError(f"philox must be an int64 CPU tensor of shape (2,) holding (seed, offset), got {described}")
-
-
 def seed_pair(philox):
-    """(seed, offset) as Python ints from the (2,) tensor of :func:`draw_seed`, both >= 0."""
-    check_philox(philox)
+    """(seed, offset) as Python ints from the (2,) tensor of :func:`draw_seed` (for the references)."""
+    checks.philox(philox)
     seed, offset = philox.tolist()
-    if seed < 0 or offset < 0:
-        raise ValueError(f"philox must hold a seed and an offset >= 0, got ({seed}, {offset})")
     return seed, offset
 
 

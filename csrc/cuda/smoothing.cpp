@@ -1,6 +1,6 @@
-// CUDA implementations of noisy_repeat_fwd / vote_fwd / vote_soft_bwd (schemas in csrc/ops.cpp):
+// CUDA implementations of noisy_repeat / vote / vote_backward (schemas in csrc/ops.cpp):
 // argument checks, allocation, device guard and stream here; the kernels live in
-// smoothing_kernels.cu behind smoothing_launchers.h.
+// smoothing_kernels.cu behind smoothing_kernels.h.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
@@ -18,7 +18,7 @@
 
 #include "checks.h"
 #include "cuda/dtype.h"
-#include "cuda/smoothing_launchers.h"
+#include "cuda/smoothing_kernels.h"
 
 namespace stochnet {
 namespace {
@@ -57,9 +57,9 @@ gpu::VoteArgs vote_args(const at::Tensor& logits, int64_t m) {
   return a;
 }
 
-at::Tensor noisy_repeat_fwd_cuda(const at::Tensor& x, int64_t m, double sigma, int64_t seed, int64_t offset) {
+at::Tensor noisy_repeat_cuda(const at::Tensor& x, int64_t m, double sigma, const at::Tensor& philox) {
   check_noisy_repeat_input(x, m, sigma);
-  check_seed(seed, offset);
+  const auto [seed, offset] = philox_pair(philox);
   const c10::cuda::CUDAGuard guard(x.device());
   std::vector<int64_t> sizes = x.sizes().vec();
   sizes[0] *= m;
@@ -72,14 +72,14 @@ at::Tensor noisy_repeat_fwd_cuda(const at::Tensor& x, int64_t m, double sigma, i
   a.per_sample = x.numel() / x.size(0);
   a.copies = m;
   a.sigma = sigma;
-  a.seed = static_cast<uint64_t>(seed);
-  a.offset = static_cast<uint64_t>(offset);
+  a.seed = seed;
+  a.offset = offset;
   a.sm_count = sm_count();
   C10_CUDA_CHECK(gpu::noisy_repeat_forward(a, at::cuda::getCurrentCUDAStream()));
   return y;
 }
 
-at::Tensor vote_fwd_cuda(const at::Tensor& logits, int64_t m, c10::string_view mode) {
+at::Tensor vote_cuda(const at::Tensor& logits, int64_t m, c10::string_view mode) {
   check_cuda_logits(logits, m);
   const VoteMode kind = vote_mode(mode);
   const c10::cuda::CUDAGuard guard(logits.device());
@@ -108,7 +108,7 @@ at::Tensor vote_fwd_cuda(const at::Tensor& logits, int64_t m, c10::string_view m
   return mean;
 }
 
-at::Tensor vote_soft_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits, int64_t m) {
+at::Tensor vote_backward_cuda(const at::Tensor& grad, const at::Tensor& logits, int64_t m) {
   check_cuda_logits(logits, m);
   check_soft_grad(grad, logits, m);
   const c10::cuda::CUDAGuard guard(logits.device());
@@ -123,7 +123,7 @@ at::Tensor vote_soft_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits, 
 }  // namespace stochnet
 
 TORCH_LIBRARY_IMPL(stochnet, CUDA, m) {
-  m.impl("noisy_repeat_fwd", &stochnet::noisy_repeat_fwd_cuda);
-  m.impl("vote_fwd", &stochnet::vote_fwd_cuda);
-  m.impl("vote_soft_bwd", &stochnet::vote_soft_bwd_cuda);
+  m.impl("noisy_repeat", &stochnet::noisy_repeat_cuda);
+  m.impl("vote", &stochnet::vote_cuda);
+  m.impl("vote_backward", &stochnet::vote_backward_cuda);
 }

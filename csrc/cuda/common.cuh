@@ -1,4 +1,4 @@
-// Loads and stores shared by the CUDA kernels: the compute type of each storage type, element
+// Device code shared by the CUDA kernels (no torch headers). Loads and stores: the compute type of each storage type, element
 // and vector accesses that convert to and from it, and, for the host side of the launchers, the
 // alignment test of the vector path and the dispatch on the runtime dtype. No torch headers.
 #pragma once
@@ -8,7 +8,8 @@
 
 #include <cstdint>
 
-#include "cuda/launchers.h"
+#include "cuda/common.h"
+#include "philox.h"
 
 namespace stochnet {
 namespace gpu {
@@ -205,6 +206,23 @@ cudaError_t dispatch(DType dtype, F&& f) {
       return f(Tag<float>{});
   }
   return cudaErrorInvalidValue;
+}
+
+// Philox normals: the four normals of one counter, and a register-only pick from eight.
+
+// The four normals of Philox counter `counter`: elements 4 * (counter - offset) + 0..3.
+__device__ inline void counter_normals(uint64_t seed, uint64_t counter, float (&z)[4]) {
+  const Philox4 a = philox4x32_10(seed, counter);
+  box_muller(a.w[0], a.w[1], z[0], z[1]);
+  box_muller(a.w[2], a.w[3], z[2], z[3]);
+}
+
+// z[i] for a runtime i < 8 without local memory.
+__device__ inline float pick8(const float (&z)[8], int i) {
+  float v = z[0];
+#pragma unroll
+  for (int k = 1; k < 8; ++k) v = i == k ? z[k] : v;
+  return v;
 }
 
 }  // namespace gpu

@@ -1,6 +1,6 @@
-// CUDA implementations of perturb_fwd / perturb_bwd (schemas in csrc/ops.cpp): argument checks,
+// CUDA implementations of perturb / perturb_backward (schemas in csrc/ops.cpp): argument checks,
 // allocation, device guard and stream here; the kernels live in perturb_kernels.cu behind
-// perturb_launchers.h.
+// perturb_kernels.h.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
@@ -11,17 +11,17 @@
 
 #include "checks.h"
 #include "cuda/dtype.h"
-#include "cuda/perturb_launchers.h"
+#include "cuda/perturb_kernels.h"
 
 namespace stochnet {
 namespace {
 
 // The (channels, inner) view of x in memory order under which element p uses
-// theta[(p / inner) % channels] (see perturb_launchers.h), plus the rest of the launch args.
-gpu::PerturbArgs perturb_args(const at::Tensor& x, const at::Tensor& theta, int64_t seed, int64_t offset,
+// theta[(p / inner) % channels] (see perturb_kernels.h), plus the rest of the launch args.
+gpu::PerturbArgs perturb_args(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& philox,
                               const char* name) {
   check_perturb_args(x, theta, name);
-  check_seed(seed, offset);
+  const auto [seed, offset] = philox_pair(philox);
   gpu::PerturbArgs a{};
   a.dtype = gpu_dtype(x, name);
   a.theta_dtype = gpu_dtype(theta, "theta");
@@ -37,26 +37,26 @@ gpu::PerturbArgs perturb_args(const at::Tensor& x, const at::Tensor& theta, int6
     a.channels = features;
     a.inner = 1;
   }
-  a.seed = static_cast<uint64_t>(seed);
-  a.offset = static_cast<uint64_t>(offset);
+  a.seed = seed;
+  a.offset = offset;
   a.sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   return a;
 }
 
-at::Tensor perturb_fwd_cuda(const at::Tensor& x, const at::Tensor& theta, int64_t seed, int64_t offset) {
+at::Tensor perturb_cuda(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& philox) {
   TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(x.device());
-  const gpu::PerturbArgs a = perturb_args(x, theta, seed, offset, "x");
+  const gpu::PerturbArgs a = perturb_args(x, theta, philox, "x");
   at::Tensor y = at::empty(x.sizes(), x.options());
   C10_CUDA_CHECK(gpu::perturb_forward(a, x.const_data_ptr(), theta.const_data_ptr(), y.mutable_data_ptr(),
                                       at::cuda::getCurrentCUDAStream()));
   return y;
 }
 
-at::Tensor perturb_bwd_cuda(const at::Tensor& grad, const at::Tensor& theta, int64_t seed, int64_t offset) {
+at::Tensor perturb_backward_cuda(const at::Tensor& grad, const at::Tensor& theta, const at::Tensor& philox) {
   TORCH_CHECK(grad.is_cuda(), "grad must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(grad.device());
-  const gpu::PerturbArgs a = perturb_args(grad, theta, seed, offset, "grad");
+  const gpu::PerturbArgs a = perturb_args(grad, theta, philox, "grad");
   at::Tensor dtheta = at::empty(theta.sizes(), theta.options());
   const int64_t bytes = gpu::perturb_backward_workspace_bytes(a.numel, a.channels, a.inner, a.sm_count);
   at::Tensor workspace = at::empty({(bytes + 7) / 8}, grad.options().dtype(at::kDouble));
@@ -69,6 +69,6 @@ at::Tensor perturb_bwd_cuda(const at::Tensor& grad, const at::Tensor& theta, int
 }  // namespace stochnet
 
 TORCH_LIBRARY_IMPL(stochnet, CUDA, m) {
-  m.impl("perturb_fwd", &stochnet::perturb_fwd_cuda);
-  m.impl("perturb_bwd", &stochnet::perturb_bwd_cuda);
+  m.impl("perturb", &stochnet::perturb_cuda);
+  m.impl("perturb_backward", &stochnet::perturb_backward_cuda);
 }

@@ -1,6 +1,6 @@
-// CUDA implementations of pgd_step_fwd / mim_step_fwd / random_start_fwd (schemas in
+// CUDA implementations of pgd_step / mim_step / random_start (schemas in
 // csrc/ops.cpp): argument checks, allocation, device guard and stream here; the kernels live in
-// pgd_kernels.cu behind pgd_launchers.h.
+// pgd_kernels.cu behind pgd_kernels.h.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
@@ -13,7 +13,7 @@
 
 #include "checks.h"
 #include "cuda/dtype.h"
-#include "cuda/pgd_launchers.h"
+#include "cuda/pgd_kernels.h"
 
 namespace stochnet {
 namespace {
@@ -62,7 +62,7 @@ gpu::PgdArgs step_args(const at::Tensor& x_adv, const at::Tensor& grad, const at
   return a;
 }
 
-at::Tensor pgd_step_fwd_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
+at::Tensor pgd_step_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
                              const at::Tensor& eps, const at::Tensor& alpha, c10::string_view norm, double lo,
                              double hi) {
   check_pgd_step_args(x_adv, grad, x_orig, eps, alpha, lo, hi);
@@ -83,7 +83,7 @@ at::Tensor pgd_step_fwd_cuda(const at::Tensor& x_adv, const at::Tensor& grad, co
   return out;
 }
 
-at::Tensor mim_step_fwd_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
+at::Tensor mim_step_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
                              at::Tensor& momentum, const at::Tensor& eps, const at::Tensor& alpha, double mu,
                              double lo, double hi) {
   check_pgd_step_args(x_adv, grad, x_orig, eps, alpha, lo, hi);
@@ -106,12 +106,12 @@ at::Tensor mim_step_fwd_cuda(const at::Tensor& x_adv, const at::Tensor& grad, co
   return out;
 }
 
-at::Tensor random_start_fwd_cuda(const at::Tensor& x_orig, const at::Tensor& eps, c10::string_view norm, double lo,
-                                 double hi, int64_t seed, int64_t offset) {
+at::Tensor random_start_cuda(const at::Tensor& x_orig, const at::Tensor& eps, c10::string_view norm, double lo,
+                                 double hi, const at::Tensor& philox) {
   check_pgd_input(x_orig, "x_orig");
   check_per_sample(eps, x_orig, "eps");
   check_clip(lo, hi);
-  check_seed(seed, offset);
+  const auto [seed, offset] = philox_pair(philox);
   check_cuda_input(x_orig, "x_orig");
   const bool l2 = is_l2_norm(norm);
   const c10::cuda::CUDAGuard guard(x_orig.device());
@@ -119,8 +119,8 @@ at::Tensor random_start_fwd_cuda(const at::Tensor& x_orig, const at::Tensor& eps
   at::Tensor out = at::empty(x_orig.sizes(), x_orig.options());
   a.x_orig = x_orig.const_data_ptr();
   a.out = out.mutable_data_ptr();
-  a.seed = static_cast<uint64_t>(seed);
-  a.offset = static_cast<uint64_t>(offset);
+  a.seed = seed;
+  a.offset = offset;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (!l2) {
     C10_CUDA_CHECK(gpu::random_start_linf(a, stream));
@@ -136,7 +136,7 @@ at::Tensor random_start_fwd_cuda(const at::Tensor& x_orig, const at::Tensor& eps
 }  // namespace stochnet
 
 TORCH_LIBRARY_IMPL(stochnet, CUDA, m) {
-  m.impl("pgd_step_fwd", &stochnet::pgd_step_fwd_cuda);
-  m.impl("mim_step_fwd", &stochnet::mim_step_fwd_cuda);
-  m.impl("random_start_fwd", &stochnet::random_start_fwd_cuda);
+  m.impl("pgd_step", &stochnet::pgd_step_cuda);
+  m.impl("mim_step", &stochnet::mim_step_cuda);
+  m.impl("random_start", &stochnet::random_start_cuda);
 }

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "cuda/launchers.h"
+#include "cuda/common.h"
 
 namespace stochnet {
 namespace gpu {

@@ -1,4 +1,15 @@
-// Smoothing's votes on the CPU: logits (B*m, K) read as (B, m, K) reduced to (B, K) in one pass
+// Randomized smoothing on the CPU: the noisy copies of a batch and their votes (rules in
+// stochnet/ops/smoothing.py).
+//
+// noisy_repeat: out[b*m + j] = x[b] + sigma * z, element i of the output (memory order) taking
+// normal i of the Philox stream (seed, offset).
+//
+// The output is written once, in memory order, in blocks of kBlock elements, so each block's
+// normals come from one normal_block() call. A block splits into runs that each read one
+// contiguous stretch of a sample (a run ends where a copy ends). A sample's m copies are
+// consecutive, so x[b] comes from memory once and from the cache for the other copies.
+//
+// vote: logits (B*m, K) read as (B, m, K) reduced to (B, K) in one pass
 // over the logits, and the soft vote's backward (rules in stochnet/ops/smoothing.py).
 //
 // Samples run in parallel; a thread reduces one sample's m rows straight into that sample's
@@ -27,9 +38,89 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/normal_block.h"
+#include "cpu/output_pool.h"
 
 namespace stochnet::cpu {
 namespace {
+
+constexpr int64_t kGrainBlocks = 64;
+
+void check_noisy_repeat_args(const at::Tensor& x, int64_t m, double sigma) {
+  check_pgd_input(x, "x");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "x must be float32 or float64 on CPU, got ", x.scalar_type());
+  check_noisy_repeat_copies(x, m, sigma);
+}
+
+template <typename scalar_t>
+bool streamable(const scalar_t* out, int64_t numel) {
+  return std::is_same_v<scalar_t, float> && numel * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamBytes &&
+         reinterpret_cast<uintptr_t>(out) % 64 == 0;
+}
+
+// The product is rounded to x's precision before the add, as in the reference (no FMA).
+template <typename scalar_t>
+inline scalar_t noisy(scalar_t x, scalar_t sigma, float z) {
+  const scalar_t noise = sigma * static_cast<scalar_t>(z);
+  return x + noise;
+}
+
+// y[0, n) = x[0, n) + sigma * z[0, n); `lane` is the run's position in its block, so the
+// vector stores start at vector-aligned output addresses (needed by the streaming stores).
+template <typename scalar_t>
+void noisy_run(const scalar_t* x, scalar_t* y, const float* z, int64_t n, scalar_t sigma, int64_t lane, bool stream) {
+  int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    for (; i < n && (lane + i) % kLanes != 0; ++i) y[i] = noisy(x[i], sigma, z[i]);
+    const VecF s(sigma);
+    for (; i + kLanes <= n; i += kLanes) {
+      const VecF v = VecF::loadu(x + i) + s * VecF::loadu(z + i);
+      if (stream) {
+        store_stream(y + i, v);
+      } else {
+        v.store(y + i);
+      }
+    }
+  }
+  for (; i < n; ++i) y[i] = noisy(x[i], sigma, z[i]);
+}
+
+template <typename scalar_t>
+void repeat_with_noise(const at::Tensor& x, int64_t m, scalar_t sigma, uint64_t seed, uint64_t offset, at::Tensor& y) {
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  const int64_t per_sample = x.numel() / x.size(0), numel = y.numel();
+  const bool stream = streamable(yp, numel);
+  at::parallel_for(0, (numel + kBlock - 1) / kBlock, kGrainBlocks, [&](int64_t first, int64_t last) {
+    alignas(64) float z[kBlock];
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t begin = block * kBlock, end = std::min(begin + kBlock, numel);
+      normal_block(seed, offset + static_cast<uint64_t>(begin / 4), z);
+      for (int64_t e = begin; e < end;) {
+        const int64_t copy = e / per_sample, position = e - copy * per_sample;
+        const int64_t run_end = std::min((copy + 1) * per_sample, end);
+        noisy_run(xp + (copy / m) * per_sample + position, yp + e, z + (e - begin), run_end - e, sigma, e - begin,
+                  stream);
+        e = run_end;
+      }
+    }
+    if (stream) stream_fence();
+  });
+}
+
+at::Tensor noisy_repeat(const at::Tensor& x, int64_t m, double sigma, const at::Tensor& philox) {
+  check_noisy_repeat_args(x, m, sigma);
+  const auto [seed, offset] = philox_pair(philox);
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes[0] *= m;
+  at::Tensor y = pooled_empty(sizes, x.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "noisy_repeat", [&] {
+    repeat_with_noise<scalar_t>(x, m, static_cast<scalar_t>(sigma), seed, offset, y);
+  });
+  return y;
+}
+
 
 using at::vec::Vectorized;
 
@@ -186,7 +277,7 @@ void add_rank_weights(const T* row, int64_t classes, const T* weights, OrderKey<
 }
 
 template <typename T>
-void vote(const at::Tensor& logits, int64_t m, VoteMode mode, at::Tensor& out) {
+void reduce_votes(const at::Tensor& logits, int64_t m, VoteMode mode, at::Tensor& out) {
   const T* lp = logits.const_data_ptr<T>();
   const int64_t classes = logits.size(1), batch = logits.size(0) / m, group = softmax_group(classes);
   T weights[kWeightedRanks];
@@ -245,20 +336,20 @@ void soft_grad(const at::Tensor& grad, const at::Tensor& logits, int64_t m, at::
   });
 }
 
-at::Tensor vote_fwd(const at::Tensor& logits, int64_t m, c10::string_view mode) {
+at::Tensor vote(const at::Tensor& logits, int64_t m, c10::string_view mode) {
   check_logits(logits, m, &check_cpu_dtype);
   const VoteMode vote_as = vote_mode(mode);
   const auto dtype = vote_as == VoteMode::kPrediction ? at::kLong : logits.scalar_type();
   at::Tensor out = at::zeros({logits.size(0) / m, logits.size(1)}, logits.options().dtype(dtype));
-  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "vote_fwd", [&] { vote<scalar_t>(logits, m, vote_as, out); });
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "vote", [&] { reduce_votes<scalar_t>(logits, m, vote_as, out); });
   return out;
 }
 
-at::Tensor vote_soft_bwd(const at::Tensor& grad, const at::Tensor& logits, int64_t m) {
+at::Tensor vote_backward(const at::Tensor& grad, const at::Tensor& logits, int64_t m) {
   check_logits(logits, m, &check_cpu_dtype);
   check_soft_grad(grad, logits, m);
   at::Tensor out = at::empty(logits.sizes(), logits.options());
-  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "vote_soft_bwd",
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "vote_backward",
                              [&] { soft_grad<scalar_t>(grad, logits, m, out); });
   return out;
 }
@@ -266,8 +357,9 @@ at::Tensor vote_soft_bwd(const at::Tensor& grad, const at::Tensor& logits, int64
 }  // namespace
 
 TORCH_LIBRARY_IMPL(stochnet, CPU, m) {
-  m.impl("vote_fwd", &vote_fwd);
-  m.impl("vote_soft_bwd", &vote_soft_bwd);
+  m.impl("noisy_repeat", &noisy_repeat);
+  m.impl("vote", &vote);
+  m.impl("vote_backward", &vote_backward);
 }
 
 }  // namespace stochnet::cpu

@@ -12,7 +12,7 @@
 
 #include <cstdint>
 
-#include "cuda/launchers.h"
+#include "cuda/common.h"
 
 namespace stochnet {
 namespace gpu {
