@@ -9,7 +9,8 @@ of one mode. The logits are fixed, no model runs: the benchmark times the ops, n
 import torch
 
 import stochnet
-from stochnet.ops.smoothing import VOTE_MODES, WEIGHTED_RANKS
+from stochnet.ops.checks import VOTE_MODES
+from stochnet.ops.smoothing import WEIGHTED_RANKS
 
 from . import harness
 from .cases import Built, Case, time_case

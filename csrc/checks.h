@@ -143,6 +143,26 @@ inline void check_pgd_step_args(const at::Tensor& x_adv, const at::Tensor& grad,
   check_clip(lo, hi);
 }
 
+// mim_step: the pgd_step checks, and a momentum like x_adv that shares memory with none of the inputs.
+inline void check_mim_step_args(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
+                                const at::Tensor& momentum, const at::Tensor& eps, const at::Tensor& alpha,
+                                double lo, double hi) {
+  check_pgd_step_args(x_adv, grad, x_orig, eps, alpha, lo, hi);
+  check_pgd_like(momentum, x_adv, "momentum");
+  check_unaliased(momentum, x_adv, "x_adv");
+  check_unaliased(momentum, grad, "grad");
+  check_unaliased(momentum, x_orig, "x_orig");
+}
+
+// random_start: x_orig, its (B,) eps, the clip and the stream; returns (seed, offset).
+inline PhiloxPair check_random_start_args(const at::Tensor& x_orig, const at::Tensor& eps, double lo, double hi,
+                                          const at::Tensor& philox) {
+  check_pgd_input(x_orig, "x_orig");
+  check_per_sample(eps, x_orig, "eps");
+  check_clip(lo, hi);
+  return philox_pair(philox);
+}
+
 // Smoothing ops (noisy_repeat, vote, vote_backward). The dtype (and device) rules differ
 // per backend: each passes its own check, or runs it before these.
 

@@ -122,10 +122,7 @@ def _theta_mode(x, theta, x_name):
     """Validate ``x`` / ``theta`` (checks.perturb, and the layout the kernels read); returns
     (mode, inner, C, F) of the theta mapping."""
     checks.perturb(x, theta, x_name)
-    torch._check_value(x.is_contiguous(), lambda: f"{x_name} must be contiguous for the Triton kernels, "
-                       f"got strides {x.stride()} for shape {tuple(x.shape)}")
-    torch._check_value(theta.is_contiguous(), lambda: f"theta must be contiguous for the Triton kernels, "
-                       f"got strides {theta.stride()}")
+    checks.contiguous(**{x_name: x}, theta=theta)
     channels = x.shape[1]
     features = x.numel() // x.shape[0]
     inner = features // channels

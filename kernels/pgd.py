@@ -182,17 +182,6 @@ def _random_start_kernel(x_ptr, eps_ptr, factor_ptr, params_ptr, out_ptr, numel,
 # ----------------------------------------------------------------------------------------- launchers
 
 
-def _check_contiguous(**tensors):
-    """The kernels read every tensor in memory order."""
-    for name, t in tensors.items():
-        torch._check_value(t.is_contiguous(), lambda: f"{name} must be contiguous for the Triton kernels, "
-                           f"got strides {t.stride()} for shape {tuple(t.shape)}")
-
-
-def _check_bounds(lo, hi):
-    torch._check_value(lo < hi, lambda: f"clip must have lo < hi, got ({lo}, {hi})")
-
-
 def _params(x, *values):
     """``values`` (lo, hi[, mu]) as a tensor in the compute dtype, filled on x's device: no host copy."""
     params = torch.empty(len(values), dtype=checks.compute_dtype(x.dtype), device=x.device)
@@ -231,8 +220,8 @@ def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, eps:
              alpha: torch.Tensor, norm: str, lo: float, hi: float) -> torch.Tensor:
     """One PGD step: returns the new x_adv, contiguous, in x_adv's shape and dtype."""
     checks.pgd_step(x_adv, grad, x_orig, eps, alpha, norm)
-    _check_contiguous(x_adv=x_adv, grad=grad, x_orig=x_orig, eps=eps, alpha=alpha)
-    _check_bounds(lo, hi)
+    checks.contiguous(x_adv=x_adv, grad=grad, x_orig=x_orig, eps=eps, alpha=alpha)
+    checks.bounds(lo, hi)
     out = torch.empty_like(x_adv)
     numel = x_adv.numel()
     B = x_adv.shape[0]
@@ -263,8 +252,8 @@ def mim_step(x_adv: torch.Tensor, grad: torch.Tensor, x_orig: torch.Tensor, mome
     """One MIM step: updates ``momentum`` in place and returns the new x_adv (linf step)."""
     checks.pgd_step(x_adv, grad, x_orig, eps, alpha, "linf")
     checks.momentum(momentum, x_adv)
-    _check_contiguous(x_adv=x_adv, grad=grad, x_orig=x_orig, eps=eps, alpha=alpha)
-    _check_bounds(lo, hi)
+    checks.contiguous(x_adv=x_adv, grad=grad, x_orig=x_orig, eps=eps, alpha=alpha)
+    checks.bounds(lo, hi)
     out = torch.empty_like(x_adv)
     numel = x_adv.numel()
     B = x_adv.shape[0]
@@ -287,8 +276,8 @@ def random_start(x_orig: torch.Tensor, eps: torch.Tensor, norm: str, lo: float, 
     checks.per_sample(eps, "eps", x_orig)
     checks.norm(norm)
     checks.philox(philox)
-    _check_contiguous(x_orig=x_orig, eps=eps)
-    _check_bounds(lo, hi)
+    checks.contiguous(x_orig=x_orig, eps=eps)
+    checks.bounds(lo, hi)
     philox = philox.to(x_orig.device, non_blocking=True)
     out = torch.empty_like(x_orig)
     numel = x_orig.numel()

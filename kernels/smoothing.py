@@ -158,14 +158,9 @@ def _soft_grad_kernel(grad_ptr, logits_ptr, out_ptr, rows_total, m, K,
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], d.to(out_ptr.dtype.element_ty), mask=valid)
 
 
-def _check_contiguous(t, name):
-    torch._check_value(t.is_contiguous(), lambda: f"{name} must be contiguous for the Triton kernels, "
-                       f"got strides {t.stride()} for shape {tuple(t.shape)}")
-
-
 def _check_logits(logits):
     """The Triton vote kernels' own limits: contiguous logits, a row of at most MAX_CLASSES in registers."""
-    _check_contiguous(logits, "logits")
+    checks.contiguous(logits=logits)
     torch._check_value(logits.shape[1] <= MAX_CLASSES, lambda: f"logits has {logits.shape[1]} classes; "
                        f"the Triton vote takes at most {MAX_CLASSES}")
 
@@ -182,7 +177,7 @@ def noisy_repeat(x: torch.Tensor, m: int, sigma: float, philox: torch.Tensor) ->
     """m noisy copies of each sample of a contiguous (B, *) x: shape (B*m, *), x's dtype."""
     checks.noisy_repeat(x, m, sigma)
     checks.philox(philox)
-    _check_contiguous(x, "x")
+    checks.contiguous(x=x)
     philox = philox.to(x.device, non_blocking=True)
     batch, features = x.shape[0], x[0].numel()
     y = x.new_empty((batch * m,) + tuple(x.shape[1:]))
@@ -223,7 +218,7 @@ def vote_backward(grad: torch.Tensor, logits: torch.Tensor, m: int) -> torch.Ten
     """d logits (B*m, K) of the soft vote for the output gradient ``grad`` (B, K); the logits' dtype."""
     checks.vote_backward(grad, logits, m)
     _check_logits(logits)
-    _check_contiguous(grad, "grad")
+    checks.contiguous(grad=grad)
     out = torch.empty_like(logits)
     rows, classes = logits.shape
     block_m, block_k, warps = _row_tile(rows, classes)

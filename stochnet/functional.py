@@ -78,7 +78,7 @@ def noisy_repeat(x, m, sigma, backend=None, philox=None):
             generator when None.
     """
     checks.noisy_repeat(x, m, sigma)
-    return _smoothing.noisy_repeat(x, m, float(sigma), _philox(philox), backend)
+    return _smoothing.noisy_repeat(x, int(m), float(sigma), _philox(philox), backend)
 
 
 def vote(logits, m, mode="prediction", backend=None):
@@ -99,7 +99,7 @@ def vote(logits, m, mode="prediction", backend=None):
         backend: 'cpp', 'cuda', 'triton', 'torch' or None for the default of the logits' device.
     """
     checks.vote(logits, m, mode)
-    return _smoothing.vote(logits, m, mode, backend)
+    return _smoothing.vote(logits, int(m), mode, backend)
 
 
 def pgd_step(x_adv, grad, x_orig, eps, alpha, norm="linf", clip=(0.0, 1.0), backend=None):

@@ -7,7 +7,7 @@ import torch
 
 from stochnet import functional as F
 from stochnet.ops.philox import philox_normal
-from stochnet.ops.smoothing import VOTE_MODES
+from stochnet.ops.checks import VOTE_MODES
 
 PHILOX = torch.tensor([2**40 + 3, 2**32 - 7])  # the counter crosses 2**32 inside a call
 DTYPES = [torch.float32, torch.float64]

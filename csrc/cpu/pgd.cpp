@@ -383,7 +383,7 @@ void check_cpu_dtype(const at::Tensor& t, const char* name) {
 }
 
 at::Tensor pgd_step(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
-                        const at::Tensor& eps, const at::Tensor& alpha, c10::string_view norm, double lo, double hi) {
+                    const at::Tensor& eps, const at::Tensor& alpha, c10::string_view norm, double lo, double hi) {
   check_pgd_step_args(x_adv, grad, x_orig, eps, alpha, lo, hi);
   check_cpu_dtype(x_adv, "x_adv");
   const bool l2 = is_l2_norm(norm);
@@ -405,13 +405,9 @@ at::Tensor pgd_step(const at::Tensor& x_adv, const at::Tensor& grad, const at::T
 }
 
 at::Tensor mim_step(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
-                        at::Tensor& momentum, const at::Tensor& eps, const at::Tensor& alpha, double mu, double lo,
-                        double hi) {
-  check_pgd_step_args(x_adv, grad, x_orig, eps, alpha, lo, hi);
-  check_pgd_like(momentum, x_adv, "momentum");
-  check_unaliased(momentum, x_adv, "x_adv");
-  check_unaliased(momentum, grad, "grad");
-  check_unaliased(momentum, x_orig, "x_orig");
+                    at::Tensor& momentum, const at::Tensor& eps, const at::Tensor& alpha, double mu, double lo,
+                    double hi) {
+  check_mim_step_args(x_adv, grad, x_orig, momentum, eps, alpha, lo, hi);
   check_cpu_dtype(x_adv, "x_adv");
   at::Tensor out = pooled_empty(x_adv.sizes(), x_adv.scalar_type());
   const std::vector<double> eps_values = per_sample_values(eps), alpha_values = per_sample_values(alpha);
@@ -426,12 +422,9 @@ at::Tensor mim_step(const at::Tensor& x_adv, const at::Tensor& grad, const at::T
 }
 
 at::Tensor random_start(const at::Tensor& x_orig, const at::Tensor& eps, c10::string_view norm, double lo,
-                            double hi, const at::Tensor& philox) {
-  check_pgd_input(x_orig, "x_orig");
+                        double hi, const at::Tensor& philox) {
+  const auto [seed, offset] = check_random_start_args(x_orig, eps, lo, hi, philox);
   check_cpu_dtype(x_orig, "x_orig");
-  check_per_sample(eps, x_orig, "eps");
-  check_clip(lo, hi);
-  const auto [seed, offset] = philox_pair(philox);
   const bool l2 = is_l2_norm(norm);
   at::Tensor out = pooled_empty(x_orig.sizes(), x_orig.scalar_type());
   const std::vector<double> eps_values = per_sample_values(eps);

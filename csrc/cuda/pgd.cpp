@@ -63,8 +63,8 @@ gpu::PgdArgs step_args(const at::Tensor& x_adv, const at::Tensor& grad, const at
 }
 
 at::Tensor pgd_step_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
-                             const at::Tensor& eps, const at::Tensor& alpha, c10::string_view norm, double lo,
-                             double hi) {
+                         const at::Tensor& eps, const at::Tensor& alpha, c10::string_view norm, double lo,
+                         double hi) {
   check_pgd_step_args(x_adv, grad, x_orig, eps, alpha, lo, hi);
   check_cuda_input(x_adv, "x_adv");
   const bool l2 = is_l2_norm(norm);
@@ -84,13 +84,9 @@ at::Tensor pgd_step_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const 
 }
 
 at::Tensor mim_step_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
-                             at::Tensor& momentum, const at::Tensor& eps, const at::Tensor& alpha, double mu,
-                             double lo, double hi) {
-  check_pgd_step_args(x_adv, grad, x_orig, eps, alpha, lo, hi);
-  check_pgd_like(momentum, x_adv, "momentum");
-  check_unaliased(momentum, x_adv, "x_adv");
-  check_unaliased(momentum, grad, "grad");
-  check_unaliased(momentum, x_orig, "x_orig");
+                         at::Tensor& momentum, const at::Tensor& eps, const at::Tensor& alpha, double mu,
+                         double lo, double hi) {
+  check_mim_step_args(x_adv, grad, x_orig, momentum, eps, alpha, lo, hi);
   check_cuda_input(x_adv, "x_adv");
   TORCH_CHECK(std::isfinite(mu), "mu must be finite, got ", mu);
   const c10::cuda::CUDAGuard guard(x_adv.device());
@@ -107,11 +103,8 @@ at::Tensor mim_step_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const 
 }
 
 at::Tensor random_start_cuda(const at::Tensor& x_orig, const at::Tensor& eps, c10::string_view norm, double lo,
-                                 double hi, const at::Tensor& philox) {
-  check_pgd_input(x_orig, "x_orig");
-  check_per_sample(eps, x_orig, "eps");
-  check_clip(lo, hi);
-  const auto [seed, offset] = philox_pair(philox);
+                             double hi, const at::Tensor& philox) {
+  const auto [seed, offset] = check_random_start_args(x_orig, eps, lo, hi, philox);
   check_cuda_input(x_orig, "x_orig");
   const bool l2 = is_l2_norm(norm);
   const c10::cuda::CUDAGuard guard(x_orig.device());

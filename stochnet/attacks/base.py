@@ -8,6 +8,7 @@ import torch.nn.functional as nnf
 
 from ..copies import CopyEngine
 from ..modes import eval_mode
+from ..ops.checks import count as check_count  # noqa: F401  (the attacks' count check)
 
 NORMS = ("linf", "l2")
 DROP_EVERY = 10  # on GPU, the steps between the syncs that drop fooled samples from an attack's batch
@@ -36,12 +37,6 @@ def check_budget(value, name, allow_zero=True):
     if low < 0 or (not allow_zero and low == 0):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return value
-
-
-def check_count(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def check_positive(value, name):

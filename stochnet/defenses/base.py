@@ -1,18 +1,12 @@
 """The Method base class: one training method's model, optimizers, schedules and state."""
-import numbers
 
 import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from ..ops.checks import count as _check_count
 from .optim import lr_at, make_optimizer, milestone_epochs, set_lr
 from .options import OptimizerOptions
-
-
-def _check_count(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class Method:

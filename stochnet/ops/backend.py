@@ -60,6 +60,5 @@ def resolve(backend, device):
 
 
 def ops(backend, device):
-    """(resolved name, op namespace or None for 'torch') of ``backend`` on ``device``."""
-    name = resolve(backend, device)
-    return name, ops_for(name)
+    """The op namespace that runs ``backend`` on ``device``; None for 'torch' (the references)."""
+    return ops_for(resolve(backend, device))

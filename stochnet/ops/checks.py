@@ -8,6 +8,7 @@ only, so they run on fake tensors; shape conditions go through ``torch._check_va
 symbolic shapes become runtime asserts instead of guards.
 """
 import math
+import numbers
 
 import torch
 
@@ -23,14 +24,17 @@ def compute_dtype(dtype):
 
 
 def _value(condition, message):
-    """``torch._check_value``: ValueError(message()) unless condition; a runtime assert for symbolic shapes.
+    """ValueError(message()) unless ``condition``.
 
-    Under torch.compile the message is a constant: Dynamo cannot convert a closure over tensors.
+    A plain bool (concrete shapes: eager, or static shapes under torch.compile) costs one test. A
+    symbolic condition becomes a runtime assert through ``torch._check_value``, with a constant
+    message: Dynamo cannot convert a message closure over tensors.
     """
-    if torch.compiler.is_compiling():
-        torch._check_value(condition, lambda: "invalid op argument (run eagerly for the detailed error)")
+    if isinstance(condition, bool):
+        if not condition:
+            raise ValueError(message())
     else:
-        torch._check_value(condition, message)
+        torch._check_value(condition, lambda: "invalid op argument (run eagerly for the detailed error)")
 
 
 def tensor(t, name):
@@ -65,10 +69,11 @@ def number(value, name):
         raise TypeError(f"{name} must be a number, got {value!r}")
 
 
-def count(value, name):
-    """An integer >= 1 (copies, steps)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+def count(value, name, minimum=1):
+    """An integer >= minimum (copies, steps, restarts), returned as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def philox(p, data=None):
@@ -145,6 +150,13 @@ def perturb(x, theta, name="x"):
            f"to broadcast over {name} of shape {tuple(x.shape)}, got {tuple(theta.shape)}")
 
 
+def contiguous(**tensors):
+    """The Triton kernels read these tensors in memory order."""
+    for name, t in tensors.items():
+        _value(t.is_contiguous(), lambda: f"{name} must be contiguous for the Triton kernels, "
+               f"got strides {t.stride()} for shape {tuple(t.shape)}")
+
+
 def batched(x, name):
     """A non-empty floating (B, *) tensor."""
     floating(x, name)
@@ -198,9 +210,13 @@ def clip(value):
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
         raise TypeError(f"clip must be a (lo, hi) pair of numbers, got {value!r}")
     lo, hi = float(value[0]), float(value[1])
-    if not lo < hi:
-        raise ValueError(f"clip must have lo < hi, got {value!r}")
+    bounds(lo, hi, lambda: f"clip must have lo < hi, got {value!r}")
     return lo, hi
+
+
+def bounds(lo, hi, message=None):
+    """The ops' lo / hi floats: lo < hi (csrc/checks.h check_clip)."""
+    _value(lo < hi, message or (lambda: f"clip must have lo < hi, got ({lo}, {hi})"))
 
 
 def eps_bound(norm_name, lo, hi, x):

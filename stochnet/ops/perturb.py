@@ -76,7 +76,7 @@ def _register(namespace):
 
 def perturb(x, theta, philox, backend_name):
     """Dispatch after validation (see :func:`stochnet.functional.perturb`)."""
-    _, ops = backend.ops(backend_name, x.device)
+    ops = backend.ops(backend_name, x.device)
     if ops is None:
         return reference(x, theta, *seed_pair(philox))
     return ops.perturb(x.contiguous(), theta.contiguous(), philox)

@@ -137,7 +137,7 @@ def per_sample_tensor(value, x):
 
 def pgd_step(x_adv, grad, x_orig, eps, alpha, norm, lo, hi, backend_name):
     """Dispatch after validation (see :func:`stochnet.functional.pgd_step`)."""
-    _, ops = backend.ops(backend_name, x_adv.device)
+    ops = backend.ops(backend_name, x_adv.device)
     x_adv, grad, x_orig = x_adv.contiguous(), grad.contiguous(), x_orig.contiguous()
     eps, alpha = per_sample_tensor(eps, x_adv), per_sample_tensor(alpha, x_adv)
     if ops is None:
@@ -147,7 +147,7 @@ def pgd_step(x_adv, grad, x_orig, eps, alpha, norm, lo, hi, backend_name):
 
 def mim_step(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi, backend_name):
     """Dispatch after validation (see :func:`stochnet.functional.mim_step`); momentum is contiguous."""
-    _, ops = backend.ops(backend_name, x_adv.device)
+    ops = backend.ops(backend_name, x_adv.device)
     x_adv, grad, x_orig = x_adv.contiguous(), grad.contiguous(), x_orig.contiguous()
     eps, alpha = per_sample_tensor(eps, x_adv), per_sample_tensor(alpha, x_adv)
     if ops is None:
@@ -157,7 +157,7 @@ def mim_step(x_adv, grad, x_orig, momentum, eps, alpha, mu, lo, hi, backend_name
 
 def random_start(x_orig, eps, norm, lo, hi, philox, backend_name):
     """Dispatch after validation (see :func:`stochnet.functional.random_start`)."""
-    _, ops = backend.ops(backend_name, x_orig.device)
+    ops = backend.ops(backend_name, x_orig.device)
     x_orig = x_orig.contiguous()
     eps = per_sample_tensor(eps, x_orig)
     if ops is None:

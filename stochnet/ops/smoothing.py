@@ -21,7 +21,6 @@ nothing is saved for it.
 import torch
 
 from . import backend, checks
-from .checks import VOTE_MODES  # noqa: F401  (part of this module's interface)
 from .library import for_each_namespace
 from .philox import philox_normal, seed_pair
 
@@ -126,7 +125,7 @@ def _register(namespace):
 
 def noisy_repeat(x, m, sigma, philox, backend_name):
     """Dispatch after validation (see :func:`stochnet.functional.noisy_repeat`)."""
-    _, ops = backend.ops(backend_name, x.device)
+    ops = backend.ops(backend_name, x.device)
     if ops is None:
         return reference_noisy_repeat(x, m, sigma, *seed_pair(philox))
     return ops.noisy_repeat(x.contiguous(), m, sigma, philox)
@@ -134,7 +133,7 @@ def noisy_repeat(x, m, sigma, philox, backend_name):
 
 def vote(logits, m, mode, backend_name):
     """Dispatch after validation (see :func:`stochnet.functional.vote`)."""
-    _, ops = backend.ops(backend_name, logits.device)
+    ops = backend.ops(backend_name, logits.device)
     if mode != "soft":
         logits = logits.detach()
     if ops is None:

@@ -100,7 +100,7 @@ class _Eager(torch.autograd.Function):
 
 def stoc_relu_ema(x, running_sigma, gamma, momentum, training, philox, backend_name):
     """Dispatch after validation (see :func:`stochnet.functional.stoc_relu_ema`)."""
-    _, ops = backend.ops(backend_name, x.device)
+    ops = backend.ops(backend_name, x.device)
     if ops is None:
         return reference(x, running_sigma, gamma, momentum, training, *seed_pair(philox))[0]
     x = dense(x)

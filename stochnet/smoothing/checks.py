@@ -3,12 +3,7 @@ import math
 import numbers
 
 from ..ops.backend import BACKENDS
-
-
-def check_count(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+from ..ops.checks import count as check_count  # noqa: F401  (smoothing's count check)
 
 
 def check_sigma(value, name="sigma"):

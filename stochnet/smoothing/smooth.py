@@ -4,7 +4,7 @@ import sys
 import torch
 from torch import nn
 
-from ..ops.smoothing import VOTE_MODES
+from ..ops.checks import VOTE_MODES
 from .certify import binomial_p_value, certified_radius, clopper_pearson_lower
 from .checks import check_alpha, check_backend, check_count, check_sigma
 from ..copies import CopyEngine
