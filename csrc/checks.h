@@ -30,13 +30,21 @@ struct PhiloxPair {
   uint64_t offset;
 };
 
-// `philox` as stochnet.ops.philox.draw_seed makes it: an int64 CPU tensor of shape (2,) holding
-// (seed, offset), both >= 0 (stochnet/ops/checks.py checks the same in Python).
+// `philox` as stochnet.ops.philox.draw_seed makes it: an int64 tensor of shape (2,) holding
+// (seed, offset) (stochnet/ops/checks.py checks the same in Python). The CPU ops take it on the
+// CPU; the CUDA ops also on their data's device `device`, where the kernels load the values
+// themselves (cuda/philox_arg.h), so the host never waits for them.
+inline void check_philox(const at::Tensor& philox, const at::Device& device) {
+  TORCH_CHECK_VALUE((philox.device().is_cpu() || philox.device() == device) && philox.scalar_type() == at::kLong &&
+                        philox.dim() == 1 && philox.size(0) == 2,
+                    "philox must be an int64 CPU tensor of shape (2,) holding (seed, offset)",
+                    device.is_cpu() ? std::string() : ", or one on " + device.str(), ", got ", philox.scalar_type(),
+                    " of shape ", philox.sizes(), " on ", philox.device());
+}
+
+// The (seed, offset) of a CPU philox, both >= 0, read on the host.
 inline PhiloxPair philox_pair(const at::Tensor& philox) {
-  TORCH_CHECK_VALUE(philox.device().is_cpu() && philox.scalar_type() == at::kLong && philox.dim() == 1 &&
-                        philox.size(0) == 2,
-                    "philox must be an int64 CPU tensor of shape (2,) holding (seed, offset), got ",
-                    philox.scalar_type(), " of shape ", philox.sizes(), " on ", philox.device());
+  check_philox(philox, at::kCPU);
   const int64_t* values = philox.const_data_ptr<int64_t>();
   const int64_t seed = values[0], offset = values[philox.stride(0)];
   TORCH_CHECK_VALUE(seed >= 0 && offset >= 0, "philox must hold a seed and an offset >= 0, got (", seed, ", ",
@@ -154,12 +162,17 @@ inline void check_mim_step_args(const at::Tensor& x_adv, const at::Tensor& grad,
   check_unaliased(momentum, x_orig, "x_orig");
 }
 
-// random_start: x_orig, its (B,) eps, the clip and the stream; returns (seed, offset).
-inline PhiloxPair check_random_start_args(const at::Tensor& x_orig, const at::Tensor& eps, double lo, double hi,
-                                          const at::Tensor& philox) {
+// random_start: x_orig, its (B,) eps and the clip.
+inline void check_random_start_inputs(const at::Tensor& x_orig, const at::Tensor& eps, double lo, double hi) {
   check_pgd_input(x_orig, "x_orig");
   check_per_sample(eps, x_orig, "eps");
   check_clip(lo, hi);
+}
+
+// random_start on the CPU: the inputs and a CPU philox; returns its (seed, offset).
+inline PhiloxPair check_random_start_args(const at::Tensor& x_orig, const at::Tensor& eps, double lo, double hi,
+                                          const at::Tensor& philox) {
+  check_random_start_inputs(x_orig, eps, lo, hi);
   return philox_pair(philox);
 }
 

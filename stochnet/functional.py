@@ -11,11 +11,11 @@ from .ops import stoc_relu_ema as _stoc_relu_ema
 from .ops.philox import draw_seed
 
 
-def _philox(philox):
-    """The user's (seed, offset) tensor, checked, or a fresh one from torch's default generator."""
+def _philox(philox, x):
+    """The user's (seed, offset) tensor, checked, or a fresh one from the generator of x's device."""
     if philox is None:
-        return draw_seed()
-    checks.philox_values(philox)
+        return draw_seed(x.device)
+    checks.philox_values(philox, x)
     return philox
 
 
@@ -35,12 +35,13 @@ def stoc_relu_ema(x, running_sigma, gamma, momentum=0.5, training=True, backend=
         gamma: noise variance multiplier, >= 0.
         momentum: EMA weight of the new batch statistic, in [0, 1].
         backend: 'cpp', 'cuda', 'triton', 'torch' or None for the default of x's device.
-        philox: optional int64 (seed, offset) tensor of shape (2,); drawn from torch's
-            default generator when None, so ``torch.manual_seed`` makes runs reproducible.
+        philox: optional int64 (seed, offset) tensor of shape (2,), on the CPU or on x's device;
+            when None, drawn by :func:`stochnet.ops.draw_seed` from the generator of x's device, so
+            ``torch.manual_seed`` (``torch.cuda.manual_seed`` on a GPU) makes runs reproducible.
     """
     checks.stoc_relu_ema(x, running_sigma, gamma, momentum, training)
     return _stoc_relu_ema.stoc_relu_ema(x, running_sigma, float(gamma), float(momentum), bool(training),
-                                        _philox(philox), backend)
+                                        _philox(philox, x), backend)
 
 
 def perturb(x, theta, backend=None, philox=None):
@@ -53,11 +54,10 @@ def perturb(x, theta, backend=None, philox=None):
             per channel (C,), or the feature-map shape ``x.shape[1:]``; differentiable (its
             gradient is ``sum over the batch of dy * z`` with z regenerated, not stored).
         backend: 'cpp', 'cuda', 'triton', 'torch' or None for the default of x's device.
-        philox: optional int64 (seed, offset) tensor of shape (2,); drawn from torch's default
-            generator when None.
+        philox: as :func:`stoc_relu_ema`.
     """
     checks.perturb(x, theta)
-    return _perturb.perturb(x, theta, _philox(philox), backend)
+    return _perturb.perturb(x, theta, _philox(philox, x), backend)
 
 
 def noisy_repeat(x, m, sigma, backend=None, philox=None):
@@ -74,11 +74,10 @@ def noisy_repeat(x, m, sigma, backend=None, philox=None):
         m: copies per sample, an integer >= 1.
         sigma: noise std, a finite number >= 0.
         backend: 'cpp', 'cuda', 'triton', 'torch' or None for the default of x's device.
-        philox: optional int64 (seed, offset) tensor of shape (2,); drawn from torch's default
-            generator when None.
+        philox: as :func:`stoc_relu_ema`.
     """
     checks.noisy_repeat(x, m, sigma)
-    return _smoothing.noisy_repeat(x, int(m), float(sigma), _philox(philox), backend)
+    return _smoothing.noisy_repeat(x, int(m), float(sigma), _philox(philox, x), backend)
 
 
 def vote(logits, m, mode="prediction", backend=None):
@@ -176,14 +175,13 @@ def random_start(x_orig, eps, norm="linf", clip=(0.0, 1.0), backend=None, philox
         eps: float or (B,) tensor, >= 0 and at most the diameter of the clip box (see
             :func:`pgd_step`).
         norm, clip, backend: as :func:`pgd_step`.
-        philox: optional int64 (seed, offset) tensor of shape (2,); drawn from torch's default
-            generator when None, so ``torch.manual_seed`` makes starts reproducible.
+        philox: as :func:`stoc_relu_ema`.
     """
     checks.batched(x_orig, "x_orig")
     checks.norm(norm)
     lo, hi = checks.clip(clip)
     checks.budget(eps, "eps", x_orig, checks.eps_bound(norm, lo, hi, x_orig))
-    return _pgd.random_start(x_orig, eps, norm, lo, hi, _philox(philox), backend)
+    return _pgd.random_start(x_orig, eps, norm, lo, hi, _philox(philox, x_orig), backend)
 
 
 __all__ = ["mim_step", "noisy_repeat", "perturb", "pgd_step", "random_start", "stoc_relu_ema", "vote"]

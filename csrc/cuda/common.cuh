@@ -1,6 +1,7 @@
 // Device code shared by the CUDA kernels (no torch headers). Loads and stores: the compute type of each storage type, element
 // and vector accesses that convert to and from it, and, for the host side of the launchers, the
-// alignment test of the vector path and the dispatch on the runtime dtype. No torch headers.
+// alignment test of the vector path and the dispatch on the runtime dtype; the kernels' load of
+// their Philox (seed, offset) and the normals of a counter. No torch headers.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -208,7 +209,19 @@ cudaError_t dispatch(DType dtype, F&& f) {
   return cudaErrorInvalidValue;
 }
 
-// Philox normals: the four normals of one counter, and a register-only pick from eight.
+// Philox: the (seed, offset) of a kernel, the four normals of one counter, and a register-only
+// pick from eight.
+
+struct SeedOffset {
+  uint64_t seed;
+  uint64_t offset;
+};
+
+// The kernel's (seed, offset) (see PhiloxArg); each noise kernel calls it once, at its top.
+__device__ inline SeedOffset philox_unpack(const PhiloxArg& p) {
+  if (p.ptr == nullptr) return {p.seed, p.offset};
+  return {static_cast<uint64_t>(p.ptr[0]), static_cast<uint64_t>(p.ptr[p.stride])};
+}
 
 // The four normals of Philox counter `counter`: elements 4 * (counter - offset) + 0..3.
 __device__ inline void counter_normals(uint64_t seed, uint64_t counter, float (&z)[4]) {

@@ -1,5 +1,6 @@
 // What every CUDA kernel file and its launchers share on the host side: the runtime dtype of a
-// tensor and the integer helpers of the launch plans. No torch and no CUDA headers.
+// tensor, the (seed, offset) argument of the noise kernels and the integer helpers of the launch
+// plans. No torch and no CUDA headers.
 #pragma once
 #include <cstdint>
 
@@ -7,6 +8,17 @@ namespace stochnet {
 namespace gpu {
 
 enum class DType : int { kFloat32, kFloat64, kFloat16, kBFloat16 };
+
+// The (seed, offset) of a noise kernel, as PyTorch's PhiloxCudaState: with ptr null, the values
+// the host read from a CPU philox tensor; else the kernel loads seed = ptr[0] and
+// offset = ptr[stride] from a philox tensor on the device (philox_unpack in common.cuh), so the
+// host never waits for it and the op can be captured in a CUDA graph.
+struct PhiloxArg {
+  const int64_t* ptr;
+  int64_t stride;
+  uint64_t seed;
+  uint64_t offset;
+};
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

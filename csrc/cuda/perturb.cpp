@@ -12,6 +12,7 @@
 #include "checks.h"
 #include "cuda/dtype.h"
 #include "cuda/perturb_kernels.h"
+#include "cuda/philox_arg.h"
 
 namespace stochnet {
 namespace {
@@ -21,8 +22,8 @@ namespace {
 gpu::PerturbArgs perturb_args(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& philox,
                               const char* name) {
   check_perturb_args(x, theta, name);
-  const auto [seed, offset] = philox_pair(philox);
   gpu::PerturbArgs a{};
+  a.philox = gpu_philox(philox, x.device());
   a.dtype = gpu_dtype(x, name);
   a.theta_dtype = gpu_dtype(theta, "theta");
   a.numel = x.numel();
@@ -37,8 +38,6 @@ gpu::PerturbArgs perturb_args(const at::Tensor& x, const at::Tensor& theta, cons
     a.channels = features;
     a.inner = 1;
   }
-  a.seed = seed;
-  a.offset = offset;
   a.sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   return a;
 }

@@ -78,8 +78,9 @@ __device__ A block_sum(A v) {
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     perturb_forward_kernel(const T* __restrict__ x, DynamicRef theta, T* __restrict__ y, int64_t numel,
-                           int64_t channels, int64_t inner, uint64_t seed, uint64_t offset, bool vec) {
+                           int64_t channels, int64_t inner, PhiloxArg philox, bool vec) {
   using A = typename AccOf<T>::type;
+  const auto [seed, offset] = philox_unpack(philox);
   const int64_t units = (numel + kUnit - 1) / kUnit;
   for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < units;
        u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -116,9 +117,10 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     perturb_backward_planes_kernel(const T* __restrict__ grad, int64_t channels, int64_t inner, int64_t outer,
-                              int64_t units_per_plane, int64_t splits, int64_t items_per_split, uint64_t seed,
-                              uint64_t offset, bool vec, double* __restrict__ partials) {
+                              int64_t units_per_plane, int64_t splits, int64_t items_per_split, PhiloxArg philox,
+                              bool vec, double* __restrict__ partials) {
   using A = typename AccOf<T>::type;
+  const auto [seed, offset] = philox_unpack(philox);
   const int64_t c = blockIdx.x / splits;
   const int64_t first = (blockIdx.x - c * splits) * items_per_split;
   const int64_t items = outer * units_per_plane;
@@ -154,9 +156,10 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     perturb_backward_columns_kernel(const T* __restrict__ grad, int64_t numel, int64_t width, int64_t rows,
-                               int64_t rows_per_chunk, uint64_t seed, uint64_t offset, bool aligned, bool vec,
+                               int64_t rows_per_chunk, PhiloxArg philox, bool aligned, bool vec,
                                double* __restrict__ partials) {
   using A = typename AccOf<T>::type;
+  const auto [seed, offset] = philox_unpack(philox);
   const int64_t j0 = kUnit * (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x);
   if (j0 >= width) return;
   const int cols = static_cast<int>(width - j0 < kUnit ? width - j0 : kUnit);
@@ -302,7 +305,7 @@ cudaError_t perturb_forward(const PerturbArgs& a, const void* x, const void* the
     const bool vec = vec_aligned<T>(x) && vec_aligned<T>(y);
     const DynamicRef th{const_cast<void*>(theta), a.theta_dtype};
     perturb_forward_kernel<T><<<flat_grid(ceil_div(a.numel, kUnit), a.sm_count), kThreads, 0, stream>>>(
-        static_cast<const T*>(x), th, static_cast<T*>(y), a.numel, a.channels, a.inner, a.seed, a.offset, vec);
+        static_cast<const T*>(x), th, static_cast<T*>(y), a.numel, a.channels, a.inner, a.philox, vec);
     return cudaGetLastError();
   });
 }
@@ -324,14 +327,12 @@ cudaError_t perturb_backward(const PerturbArgs& a, const void* grad, void* dthet
     const bool vec = vec_aligned<T>(grad);
     if (p.planes) {
       perturb_backward_planes_kernel<T><<<static_cast<unsigned>(a.channels * p.splits), p.threads, 0, stream>>>(
-          g, a.channels, a.inner, p.outer, p.units_per_plane, p.splits, p.items_per_split, a.seed, a.offset, vec,
-          partials);
+          g, a.channels, a.inner, p.outer, p.units_per_plane, p.splits, p.items_per_split, a.philox, vec, partials);
     } else {
       const dim3 grid(static_cast<unsigned>(ceil_div(ceil_div(p.width, kUnit), kThreads)),
                       static_cast<unsigned>(p.chunks));
       perturb_backward_columns_kernel<T><<<grid, kThreads, 0, stream>>>(g, a.numel, p.width, p.rows, p.rows_per_chunk,
-                                                                   a.seed, a.offset, p.width % kUnit == 0, vec,
-                                                                   partials);
+                                                                   a.philox, p.width % kUnit == 0, vec, partials);
     }
     return cudaGetLastError();
   });

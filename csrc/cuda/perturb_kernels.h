@@ -1,5 +1,5 @@
 // Plain C++ entry points to the perturb kernels (csrc/cuda/perturb_kernels.cu): raw pointers,
-// sizes, (seed, offset) and a stream, no torch headers. Every function returns the first
+// sizes, the Philox (seed, offset) and a stream, no torch headers. Every function returns the first
 // launch error (cudaSuccess when all kernels were queued).
 //
 // theta is addressed through a (channels, inner) view of x in memory order: element p of x
@@ -23,8 +23,7 @@ struct PerturbArgs {
   int64_t numel;
   int64_t channels;
   int64_t inner;
-  uint64_t seed;
-  uint64_t offset;
+  PhiloxArg philox;
   int sm_count;
 };
 

@@ -14,6 +14,7 @@
 #include "checks.h"
 #include "cuda/dtype.h"
 #include "cuda/pgd_kernels.h"
+#include "cuda/philox_arg.h"
 
 namespace stochnet {
 namespace {
@@ -104,7 +105,8 @@ at::Tensor mim_step_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const 
 
 at::Tensor random_start_cuda(const at::Tensor& x_orig, const at::Tensor& eps, c10::string_view norm, double lo,
                              double hi, const at::Tensor& philox) {
-  const auto [seed, offset] = check_random_start_args(x_orig, eps, lo, hi, philox);
+  check_random_start_inputs(x_orig, eps, lo, hi);
+  const gpu::PhiloxArg philox_arg = gpu_philox(philox, x_orig.device());
   check_cuda_input(x_orig, "x_orig");
   const bool l2 = is_l2_norm(norm);
   const c10::cuda::CUDAGuard guard(x_orig.device());
@@ -112,8 +114,7 @@ at::Tensor random_start_cuda(const at::Tensor& x_orig, const at::Tensor& eps, c1
   at::Tensor out = at::empty(x_orig.sizes(), x_orig.options());
   a.x_orig = x_orig.const_data_ptr();
   a.out = out.mutable_data_ptr();
-  a.seed = seed;
-  a.offset = offset;
+  a.philox = philox_arg;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (!l2) {
     C10_CUDA_CHECK(gpu::random_start_linf(a, stream));

@@ -249,8 +249,9 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     random_linf_kernel(const T* __restrict__ xo, T* __restrict__ out, ParamRef eps, int64_t numel, int64_t d,
-                       double lo, double hi, uint64_t seed, uint64_t offset, bool vec) {
+                       double lo, double hi, PhiloxArg philox, bool vec) {
   using A = typename AccOf<T>::type;
+  const auto [seed, offset] = philox_unpack(philox);
   const A lo_a = static_cast<A>(lo), hi_a = static_cast<A>(hi);
   STOCHNET_GRID_STRIDE_UNITS(u, units_of(numel)) {
     const int64_t p0 = kUnit * u;
@@ -277,8 +278,9 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     random_l2_kernel(const T* __restrict__ xo, T* __restrict__ out, const double* __restrict__ factor,
-                     int64_t numel, int64_t d, double lo, double hi, uint64_t seed, uint64_t offset, bool vec) {
+                     int64_t numel, int64_t d, double lo, double hi, PhiloxArg philox, bool vec) {
   using A = typename AccOf<T>::type;
+  const auto [seed, offset] = philox_unpack(philox);
   const A lo_a = static_cast<A>(lo), hi_a = static_cast<A>(hi);
   STOCHNET_GRID_STRIDE_UNITS(u, units_of(numel)) {
     const int64_t p0 = kUnit * u;
@@ -316,9 +318,10 @@ enum Reduce : int {
 template <typename T, int kMode>
 __global__ void __launch_bounds__(kThreads)
     sample_partials_kernel(const T* __restrict__ xa, const T* __restrict__ grad, const T* __restrict__ xo,
-                           const double* __restrict__ scale, int64_t d, int64_t splits, int64_t chunk, uint64_t seed,
-                           uint64_t offset, bool vec, double* __restrict__ partials) {
+                           const double* __restrict__ scale, int64_t d, int64_t splits, int64_t chunk,
+                           PhiloxArg philox, bool vec, double* __restrict__ partials) {
   using A = typename AccOf<T>::type;
+  const auto [seed, offset] = philox_unpack(philox);
   const int64_t b = blockIdx.x / splits, s = blockIdx.x - b * splits;
   const int64_t begin = b * d, end = begin + d;
   const int64_t ue = (end + kUnit - 1) / kUnit;
@@ -364,11 +367,13 @@ __global__ void __launch_bounds__(kThreads)
 //   kGradSq   -> s1[b] = alpha_b / max(sqrt(sum), 1e-12)                (the l2 step's scale)
 //   kDeltaSq  -> s2[b] = min(1, eps_b / sqrt(sum)), 1 when the norm is 0  (the projection)
 //   kGradAbs  -> s1[b] = max(sum / d, 1e-12)                              (MIM's denominator)
-//   kNormalSq -> s1[b] = eps_b * v_b^(1 / d) / sqrt(sum), 0 when the norm is 0
+//   kNormalSq -> s1[b] = eps_b * v_b^(1 / d) / sqrt(sum), 0 when the norm is 0, v_b uniform b
+//                of the stream (seed, offset + v_shift)
 __global__ void __launch_bounds__(kFinalizeThreads)
     finalize_kernel(const double* __restrict__ partials, int64_t batch, int64_t splits, int mode, ParamRef eps,
-                    ParamRef alpha, int64_t d, uint64_t v_counter, uint64_t seed, double* __restrict__ s1,
+                    ParamRef alpha, int64_t d, PhiloxArg philox, uint64_t v_shift, double* __restrict__ s1,
                     double* __restrict__ s2) {
+  const auto [seed, offset] = philox_unpack(philox);
   const int64_t b = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (b >= batch) return;  // whole warps: blockDim.x is a multiple of 32
@@ -391,7 +396,7 @@ __global__ void __launch_bounds__(kFinalizeThreads)
       break;
     default: {
       const double n = sqrt(sum);
-      const Philox4 w = philox4x32_10(seed, v_counter + static_cast<uint64_t>(b / kUnit));
+      const Philox4 w = philox4x32_10(seed, offset + v_shift + static_cast<uint64_t>(b / kUnit));
       const double v = static_cast<double>(uint_to_uniform(w.w[b % kUnit]));
       const double radius = eps.load(b) * pow(v, 1.0 / static_cast<double>(d));
       s1[b] = n > 0 ? radius / n : 0.0;
@@ -449,12 +454,12 @@ cudaError_t reduce_samples(const PgdArgs& a, const ReducePlan& p, const Workspac
   const ParamRef alpha{a.alpha, a.alpha_dtype}, eps{a.eps, a.eps_dtype};
   sample_partials_kernel<T, kMode><<<static_cast<unsigned>(p.partials), p.threads, 0, stream>>>(
       static_cast<const T*>(a.x_adv), static_cast<const T*>(a.grad), static_cast<const T*>(a.x_orig), ws.s1, p.d,
-      p.splits, p.chunk, a.seed, a.offset, vec, ws.partials);
+      p.splits, p.chunk, a.philox, vec, ws.partials);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  const uint64_t v_counter = a.offset + static_cast<uint64_t>(ceil_div(a.numel, kUnit));
+  const uint64_t v_shift = static_cast<uint64_t>(ceil_div(a.numel, kUnit));
   finalize_kernel<<<static_cast<unsigned>(ceil_div(a.batch * kWarp, kFinalizeThreads)), kFinalizeThreads, 0,
-                    stream>>>(ws.partials, a.batch, p.splits, kMode, eps, alpha, p.d, v_counter, a.seed, ws.s1,
+                    stream>>>(ws.partials, a.batch, p.splits, kMode, eps, alpha, p.d, a.philox, v_shift, ws.s1,
                               ws.s2);
   return cudaGetLastError();
 }
@@ -526,7 +531,7 @@ cudaError_t random_start_linf(const PgdArgs& a, cudaStream_t stream) {
     using T = typename decltype(tag)::type;
     random_linf_kernel<T><<<flat_grid(a.numel, a.sm_count), kThreads, 0, stream>>>(
         static_cast<const T*>(a.x_orig), static_cast<T*>(a.out), ParamRef{a.eps, a.eps_dtype}, a.numel,
-        a.numel / a.batch, a.lo, a.hi, a.seed, a.offset, vec_aligned<T>(a.x_orig) && vec_aligned<T>(a.out));
+        a.numel / a.batch, a.lo, a.hi, a.philox, vec_aligned<T>(a.x_orig) && vec_aligned<T>(a.out));
     return cudaGetLastError();
   });
 }
@@ -541,7 +546,7 @@ cudaError_t random_start_l2(const PgdArgs& a, cudaStream_t stream) {
   return dispatch(a.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     random_l2_kernel<T><<<flat_grid(a.numel, a.sm_count), kThreads, 0, stream>>>(
-        static_cast<const T*>(a.x_orig), static_cast<T*>(a.out), ws.s1, a.numel, p.d, a.lo, a.hi, a.seed, a.offset,
+        static_cast<const T*>(a.x_orig), static_cast<T*>(a.out), ws.s1, a.numel, p.d, a.lo, a.hi, a.philox,
         vec_aligned<T>(a.x_orig) && vec_aligned<T>(a.out));
     return cudaGetLastError();
   });

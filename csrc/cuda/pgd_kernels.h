@@ -1,6 +1,6 @@
 // Plain C++ entry points to the PGD / MIM / random-start kernels (csrc/cuda/pgd_kernels.cu):
-// raw pointers, sizes, (seed, offset) and a stream, no torch headers. Every function returns
-// the first launch error (cudaSuccess when all kernels were queued).
+// raw pointers, sizes, the Philox (seed, offset) and a stream, no torch headers. Every function
+// returns the first launch error (cudaSuccess when all kernels were queued).
 //
 // All x-like tensors are dense (contiguous) with numel elements, viewed as (batch, d) with
 // d = numel / batch elements per sample. The arithmetic follows stochnet/ops/pgd.py's references,
@@ -36,8 +36,7 @@ struct PgdArgs {
   void* momentum;
   double mu;
   // random_start only.
-  uint64_t seed;
-  uint64_t offset;
+  PhiloxArg philox;
   // pgd_step_l2, mim_step, random_start_l2: pgd_workspace_bytes() bytes, 8-byte aligned.
   void* workspace;
   int sm_count;

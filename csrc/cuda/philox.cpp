@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "cuda/philox_arg.h"
 #include "cuda/philox_kernels.h"
 
 namespace stochnet {
@@ -19,14 +20,14 @@ int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCo
 // out[i] = element i of the stream (seed, offset) for out a contiguous tensor of `dtype`.
 template <typename T>
 void fill_stream(const at::Tensor& philox, at::Tensor& out, at::ScalarType dtype, const char* name,
-                 cudaError_t (*launch)(uint64_t, uint64_t, T*, int64_t, int, cudaStream_t)) {
-  const auto [seed, offset] = philox_pair(philox);
+                 cudaError_t (*launch)(gpu::PhiloxArg, T*, int64_t, int, cudaStream_t)) {
+  const gpu::PhiloxArg philox_arg = gpu_philox(philox, out.device());
   TORCH_CHECK(out.scalar_type() == dtype && out.is_contiguous(), "out must be a contiguous ", dtype,
               " tensor for ", name, ", got ", out.scalar_type());
   if (out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
-  C10_CUDA_CHECK(launch(seed, offset, out.mutable_data_ptr<T>(),
-                        out.numel(), sm_count(), at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(launch(philox_arg, out.mutable_data_ptr<T>(), out.numel(), sm_count(),
+                        at::cuda::getCurrentCUDAStream()));
 }
 
 void philox_words_out_cuda(const at::Tensor& philox, at::Tensor& out) {

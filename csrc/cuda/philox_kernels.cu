@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "cuda/common.cuh"
 #include "cuda/philox_kernels.h"
 #include "philox.h"
 
@@ -51,7 +52,8 @@ struct Normals {
 // values go out in one store.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-    philox_stream_kernel(uint64_t seed, uint64_t offset, typename S::T* __restrict__ out, int64_t numel, bool vec) {
+    philox_stream_kernel(PhiloxArg philox, typename S::T* __restrict__ out, int64_t numel, bool vec) {
+  const auto [seed, offset] = philox_unpack(philox);
   const int64_t counters = (numel + 3) / 4;
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < counters;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -67,29 +69,25 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename S>
-cudaError_t launch_stream(uint64_t seed, uint64_t offset, typename S::T* out, int64_t numel, int sm_count,
-                          cudaStream_t stream) {
+cudaError_t launch_stream(PhiloxArg philox, typename S::T* out, int64_t numel, int sm_count, cudaStream_t stream) {
   if (numel <= 0) return cudaSuccess;
   const bool vec = reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  philox_stream_kernel<S><<<grid_for((numel + 3) / 4, sm_count), kThreads, 0, stream>>>(seed, offset, out, numel, vec);
+  philox_stream_kernel<S><<<grid_for((numel + 3) / 4, sm_count), kThreads, 0, stream>>>(philox, out, numel, vec);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t philox_words(uint64_t seed, uint64_t offset, int32_t* out, int64_t numel, int sm_count,
-                         cudaStream_t stream) {
-  return launch_stream<Words>(seed, offset, out, numel, sm_count, stream);
+cudaError_t philox_words(PhiloxArg philox, int32_t* out, int64_t numel, int sm_count, cudaStream_t stream) {
+  return launch_stream<Words>(philox, out, numel, sm_count, stream);
 }
 
-cudaError_t philox_uniform(uint64_t seed, uint64_t offset, float* out, int64_t numel, int sm_count,
-                           cudaStream_t stream) {
-  return launch_stream<Uniforms>(seed, offset, out, numel, sm_count, stream);
+cudaError_t philox_uniform(PhiloxArg philox, float* out, int64_t numel, int sm_count, cudaStream_t stream) {
+  return launch_stream<Uniforms>(philox, out, numel, sm_count, stream);
 }
 
-cudaError_t philox_normal(uint64_t seed, uint64_t offset, float* out, int64_t numel, int sm_count,
-                          cudaStream_t stream) {
-  return launch_stream<Normals>(seed, offset, out, numel, sm_count, stream);
+cudaError_t philox_normal(PhiloxArg philox, float* out, int64_t numel, int sm_count, cudaStream_t stream) {
+  return launch_stream<Normals>(philox, out, numel, sm_count, stream);
 }
 
 }  // namespace gpu

@@ -10,16 +10,13 @@ namespace stochnet {
 namespace gpu {
 
 // Word i of the stream (seed, offset) into out[i], i < numel (see philox.h).
-cudaError_t philox_words(uint64_t seed, uint64_t offset, int32_t* out, int64_t numel, int sm_count,
-                         cudaStream_t stream);
+cudaError_t philox_words(PhiloxArg philox, int32_t* out, int64_t numel, int sm_count, cudaStream_t stream);
 
 // Uniform i of the stream into out[i].
-cudaError_t philox_uniform(uint64_t seed, uint64_t offset, float* out, int64_t numel, int sm_count,
-                           cudaStream_t stream);
+cudaError_t philox_uniform(PhiloxArg philox, float* out, int64_t numel, int sm_count, cudaStream_t stream);
 
 // Normal i of the stream into out[i].
-cudaError_t philox_normal(uint64_t seed, uint64_t offset, float* out, int64_t numel, int sm_count,
-                          cudaStream_t stream);
+cudaError_t philox_normal(PhiloxArg philox, float* out, int64_t numel, int sm_count, cudaStream_t stream);
 
 }  // namespace gpu
 }  // namespace stochnet

@@ -18,6 +18,7 @@
 
 #include "checks.h"
 #include "cuda/dtype.h"
+#include "cuda/philox_arg.h"
 #include "cuda/smoothing_kernels.h"
 
 namespace stochnet {
@@ -59,7 +60,7 @@ gpu::VoteArgs vote_args(const at::Tensor& logits, int64_t m) {
 
 at::Tensor noisy_repeat_cuda(const at::Tensor& x, int64_t m, double sigma, const at::Tensor& philox) {
   check_noisy_repeat_input(x, m, sigma);
-  const auto [seed, offset] = philox_pair(philox);
+  const gpu::PhiloxArg philox_arg = gpu_philox(philox, x.device());
   const c10::cuda::CUDAGuard guard(x.device());
   std::vector<int64_t> sizes = x.sizes().vec();
   sizes[0] *= m;
@@ -72,8 +73,7 @@ at::Tensor noisy_repeat_cuda(const at::Tensor& x, int64_t m, double sigma, const
   a.per_sample = x.numel() / x.size(0);
   a.copies = m;
   a.sigma = sigma;
-  a.seed = seed;
-  a.offset = offset;
+  a.philox = philox_arg;
   a.sm_count = sm_count();
   C10_CUDA_CHECK(gpu::noisy_repeat_forward(a, at::cuda::getCurrentCUDAStream()));
   return y;

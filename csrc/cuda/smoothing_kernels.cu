@@ -74,8 +74,9 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     noisy_repeat_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t per_sample, int64_t copies,
                         int64_t units, int64_t chunks, int64_t copies_per_chunk, int64_t items, double sigma,
-                        uint64_t seed, uint64_t offset, bool vec) {
+                        PhiloxArg philox, bool vec) {
   using A = typename AccOf<T>::type;
+  const auto [seed, offset] = philox_unpack(philox);
   const A scale = static_cast<A>(sigma);
   for (int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; item < items;
        item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -346,7 +347,7 @@ cudaError_t noisy_repeat_forward(const NoisyRepeatArgs& a, cudaStream_t stream) 
     const bool vec = a.per_sample % kUnit == 0 && vec_aligned<T>(a.x) && vec_aligned<T>(a.y);
     noisy_repeat_kernel<T><<<grid_for(ceil_div(items, kThreads), a.sm_count), kThreads, 0, stream>>>(
         static_cast<const T*>(a.x), static_cast<T*>(a.y), a.per_sample, a.copies, units, chunks, copies_per_chunk,
-        items, a.sigma, a.seed, a.offset, vec);
+        items, a.sigma, a.philox, vec);
     return cudaGetLastError();
   });
 }

@@ -23,8 +23,7 @@ struct NoisyRepeatArgs {
   int64_t per_sample;
   int64_t copies;
   double sigma;
-  uint64_t seed;
-  uint64_t offset;
+  PhiloxArg philox;
   int sm_count;
 };
 

@@ -12,6 +12,7 @@
 
 #include "checks.h"
 #include "cuda/dtype.h"
+#include "cuda/philox_arg.h"
 #include "cuda/stoc_relu_ema_kernels.h"
 
 namespace stochnet {
@@ -24,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stoc_relu_ema_cuda(const at::Tens
                                                                   double gamma, double momentum, bool training,
                                                                   const at::Tensor& philox) {
   check_stoc_relu_ema_args(x, running_sigma, gamma, momentum, training);
-  const auto [seed, offset] = philox_pair(philox);
+  const gpu::PhiloxArg philox_arg = gpu_philox(philox, x.device());
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t numel = x.numel();
   const int64_t channels = x.size(1);
@@ -52,8 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stoc_relu_ema_cuda(const at::Tens
   args.gamma = gamma;
   args.momentum = momentum;
   args.training = training;
-  args.seed = seed;
-  args.offset = offset;
+  args.philox = philox_arg;
   args.workspace = training ? workspace.mutable_data_ptr() : nullptr;
   args.sm_count = sms;
   C10_CUDA_CHECK(gpu::stoc_relu_ema_forward(args, at::cuda::getCurrentCUDAStream()));

@@ -141,9 +141,10 @@ __device__ Welford block_merge(Welford w) {
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     noisy_relu_kernel(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ mask, DynamicRef sigma,
-                      double sqrt_gamma, uint64_t seed, uint64_t offset, int64_t numel, int64_t channels,
-                      int64_t inner, bool vec) {
+                      double sqrt_gamma, PhiloxArg philox, int64_t numel, int64_t channels, int64_t inner,
+                      bool vec) {
   using A = typename AccOf<T>::type;
+  const auto [seed, offset] = philox_unpack(philox);
   const A sg = static_cast<A>(sqrt_gamma);
   const int64_t units = (numel + kUnit - 1) / kUnit;
   for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < units;
@@ -172,10 +173,11 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     noisy_relu_planes_kernel(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ mask,
-                             DynamicRef sigma, double sqrt_gamma, uint64_t seed, uint64_t offset, int64_t numel,
+                             DynamicRef sigma, double sqrt_gamma, PhiloxArg philox, int64_t numel,
                              int64_t channels, int64_t inner, int64_t outer, int64_t units_per_plane,
                              int64_t splits, int64_t items_per_split, bool vec, Welford* __restrict__ partials) {
   using A = typename AccOf<T>::type;
+  const auto [seed, offset] = philox_unpack(philox);
   const int64_t c = blockIdx.x / splits;
   const int64_t first = (blockIdx.x - c * splits) * items_per_split;
   const int64_t items = outer * units_per_plane;
@@ -227,10 +229,11 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kWarp * kPeriodicRows)
     noisy_relu_periodic_kernel(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ mask,
-                               DynamicRef sigma, double sqrt_gamma, uint64_t seed, uint64_t offset, int64_t numel,
+                               DynamicRef sigma, double sqrt_gamma, PhiloxArg philox, int64_t numel,
                                int64_t channels, int64_t inner, int64_t phases, bool vec,
                                Welford* __restrict__ partials) {
   using A = typename AccOf<T>::type;
+  const auto [seed, offset] = philox_unpack(philox);
   const int64_t g = blockIdx.x * static_cast<int64_t>(kWarp) + threadIdx.x;
   const bool active = g < phases;
   const int64_t units = (numel + kUnit - 1) / kUnit;
@@ -445,7 +448,7 @@ cudaError_t launch_forward(const StocReluEmaArgs& a, cudaStream_t stream) {
   const int64_t units = ceil_div(a.numel, kUnit);
   if (!a.training) {
     noisy_relu_kernel<T><<<flat_grid(units, a.sm_count), kThreads, 0, stream>>>(
-        x, y, a.mask, sigma, sqrt_gamma, a.seed, a.offset, a.numel, a.channels, a.inner, vec);
+        x, y, a.mask, sigma, sqrt_gamma, a.philox, a.numel, a.channels, a.inner, vec);
     return cudaGetLastError();
   }
   const StatsPlan p = plan_stats(a.numel, a.channels, a.inner, a.sm_count);
@@ -454,18 +457,18 @@ cudaError_t launch_forward(const StocReluEmaArgs& a, cudaStream_t stream) {
   switch (p.kind) {
     case StatsKind::kPlanes:
       noisy_relu_planes_kernel<T><<<static_cast<unsigned>(a.channels * p.splits), p.threads, 0, stream>>>(
-          x, y, a.mask, sigma, sqrt_gamma, a.seed, a.offset, a.numel, a.channels, a.inner, a.numel / period,
+          x, y, a.mask, sigma, sqrt_gamma, a.philox, a.numel, a.channels, a.inner, a.numel / period,
           p.units_per_plane, p.splits, p.items_per_split, vec, partials);
       break;
     case StatsKind::kPeriodic:
       noisy_relu_periodic_kernel<T>
           <<<dim3(static_cast<unsigned>(p.grid_x), static_cast<unsigned>(p.grid_y)), dim3(kWarp, kPeriodicRows), 0,
-             stream>>>(x, y, a.mask, sigma, sqrt_gamma, a.seed, a.offset, a.numel, a.channels, a.inner, p.phases,
+             stream>>>(x, y, a.mask, sigma, sqrt_gamma, a.philox, a.numel, a.channels, a.inner, p.phases,
                        vec, partials);
       break;
     case StatsKind::kColumns:
       noisy_relu_kernel<T><<<flat_grid(units, a.sm_count), kThreads, 0, stream>>>(
-          x, y, a.mask, sigma, sqrt_gamma, a.seed, a.offset, a.numel, a.channels, a.inner, vec);
+          x, y, a.mask, sigma, sqrt_gamma, a.philox, a.numel, a.channels, a.inner, vec);
       if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
       column_stats_kernel<T>
           <<<dim3(static_cast<unsigned>(ceil_div(period, kThreads)), static_cast<unsigned>(p.chunks)), kThreads, 0,

@@ -27,8 +27,7 @@ struct StocReluEmaArgs {
   double gamma;
   double momentum;
   bool training;
-  uint64_t seed;
-  uint64_t offset;
+  PhiloxArg philox;
   void* workspace;  // training: stoc_relu_ema_workspace_bytes() bytes, 8-byte aligned
   int sm_count;
 };

@@ -168,7 +168,7 @@ class APGD(Attack):
     def _run(self, x0, labels, ids, result, generator):
         """One run from a random start on the samples ``ids`` of the batch; keeps its best in ``result``."""
         with torch.no_grad():
-            x = F.random_start(x0, self.eps, norm=self.norm, clip=self.clip, philox=draw_seed(generator))
+            x = F.random_start(x0, self.eps, norm=self.norm, clip=self.clip, philox=draw_seed(x0.device, generator))
         st = _State(x0=x0, labels=labels, ids=ids, x=x, x_prev=x,
                     step=torch.full((x0.shape[0],), 2 * self.eps, dtype=x0.dtype, device=x0.device),
                     reduced=torch.zeros_like(ids, dtype=torch.bool), increases=torch.zeros_like(ids))

@@ -79,7 +79,7 @@ class PGD(Attack):
             return x
         if self.norm == "l2":
             eps = eps * torch.rand(x.shape[0], dtype=x.dtype, device=x.device)
-        return pgd_ops.random_start(x, eps, self.norm, *self.clip, draw_seed(), None)
+        return pgd_ops.random_start(x, eps, self.norm, *self.clip, draw_seed(x.device), None)
 
     def _run(self, x, labels, eps, alpha):
         x_adv = self.start(x, eps)

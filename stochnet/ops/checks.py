@@ -90,15 +90,14 @@ def philox(p, data=None):
         raise ValueError(f"philox is on {p.device}: it must be on the CPU or on the data's device {data.device}")
 
 
-def philox_values(p):
-    """A user's philox tensor, values included (both >= 0); reads them only from a CPU tensor.
+def philox_values(p, data):
+    """A user's philox tensor for ``data``: on the CPU its values are checked (both >= 0); on
+    ``data``'s CUDA device they are not read (that would sync), and the kernels load them.
 
     Under torch.compile the values are not read (that would break the graph); the C++ ops check them.
     """
-    philox(p)
-    if p.device.type != "cpu":
-        raise ValueError(f"philox must be a CPU tensor, got one on {p.device}")
-    if torch.compiler.is_compiling():
+    philox(p, data)
+    if p.device.type != "cpu" or torch.compiler.is_compiling():
         return
     seed, offset = p.tolist()
     if seed < 0 or offset < 0:

@@ -17,14 +17,34 @@ _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 UNIFORM_SCALE = 4.6566127342e-10
 MIN_UNIFORM = 1.0e-7
 SEED_BOUND = 2**63 - 1
+_DEVICE_KEY = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: device keys far apart
 
 
-def draw_seed(generator=None):
-    """A fresh (seed, offset) pair from torch's CPU generator: ``torch.manual_seed`` controls it.
+def draw_seed(device=None, generator=None):
+    """A fresh (seed, offset) pair, as an int64 tensor of shape (2,) that the noise ops take.
 
-    Returned as an int64 CPU tensor of shape (2,) so that ``torch.compile`` traces the draw
-    instead of specializing on a Python int.
+    On the CPU (``device`` None or a CPU device): the seed from torch's CPU generator, offset 0;
+    ``torch.manual_seed`` controls it. On a CUDA device: seed and offset both drawn on that
+    device from its CUDA generator (``generator``, else the device's default one), and the
+    tensor stays there. So there is no host sync, ``torch.cuda.manual_seed`` controls the noise,
+    each device has its own stream (the key also depends on the device index, so that devices
+    seeded alike by ``torch.cuda.manual_seed_all`` draw different noise), and every CUDA-graph
+    replay draws anew (torch's random ops are capture-safe; the kernels load the pair from the
+    device). A fresh key per call, rather than offsets reserved under the generator's own key,
+    keeps our counter layout ``(offset + i // 4, 0, 0, 0)`` clear of the counters that torch's
+    own kernels use.
+
+    A tensor rather than Python ints, so that ``torch.compile`` traces the draw instead of
+    specializing on a number. A ``generator`` draws on its own device, whatever ``device`` says.
     """
+    if generator is not None:
+        device = generator.device
+    if device is not None and torch.device(device).type == "cuda":
+        pair = torch.randint(0, SEED_BOUND, (2,), dtype=torch.int64, device=device, generator=generator)
+        index = pair.device.index
+        if index:  # torch.cuda.manual_seed_all seeds every device alike: tell their keys apart
+            pair[:1].bitwise_xor_((index * _DEVICE_KEY) & SEED_BOUND)
+        return pair
     seed = torch.randint(0, SEED_BOUND, (1,), dtype=torch.int64, generator=generator)
     return torch.cat([seed, torch.zeros(1, dtype=torch.int64)])
 
