@@ -162,18 +162,11 @@ inline void check_mim_step_args(const at::Tensor& x_adv, const at::Tensor& grad,
   check_unaliased(momentum, x_orig, "x_orig");
 }
 
-// random_start: x_orig, its (B,) eps and the clip.
-inline void check_random_start_inputs(const at::Tensor& x_orig, const at::Tensor& eps, double lo, double hi) {
+// random_start: x_orig, its (B,) eps and the clip (the philox is checked where it is read).
+inline void check_random_start_args(const at::Tensor& x_orig, const at::Tensor& eps, double lo, double hi) {
   check_pgd_input(x_orig, "x_orig");
   check_per_sample(eps, x_orig, "eps");
   check_clip(lo, hi);
-}
-
-// random_start on the CPU: the inputs and a CPU philox; returns its (seed, offset).
-inline PhiloxPair check_random_start_args(const at::Tensor& x_orig, const at::Tensor& eps, double lo, double hi,
-                                          const at::Tensor& philox) {
-  check_random_start_inputs(x_orig, eps, lo, hi);
-  return philox_pair(philox);
 }
 
 // Smoothing ops (noisy_repeat, vote, vote_backward). The dtype (and device) rules differ

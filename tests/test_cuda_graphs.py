@@ -34,8 +34,13 @@ GPU_BACKENDS = _gpu_backends()
 requires_gpu = pytest.mark.skipif(not GPU_BACKENDS, reason="needs a CUDA device")
 
 
-def _noise_calls(backend):
-    """Each noise op with philox drawn inside (None), as a function of its input."""
+NOISE_OPS = ["perturb", "stoc_relu_ema", "noisy_repeat", "random_start"]
+
+
+@pytest.fixture(params=[(backend, op) for backend in GPU_BACKENDS for op in NOISE_OPS], ids=str)
+def noise_call(request):
+    """One noise op on one GPU backend, philox drawn inside (None), as a function of its input."""
+    backend, op = request.param
     theta = torch.full((4,), 0.5, device="cuda")
     sigma = torch.ones(4, device="cuda")
     return {
@@ -43,7 +48,7 @@ def _noise_calls(backend):
         "stoc_relu_ema": lambda x: F.stoc_relu_ema(x, sigma, 1.0, 0.0, False, backend=backend),
         "noisy_repeat": lambda x: F.noisy_repeat(x, 3, 0.5, backend=backend),
         "random_start": lambda x: F.random_start(x, 0.1, clip=(-10.0, 10.0), backend=backend),
-    }
+    }[op]
 
 
 def test_the_cpu_draw_follows_torch_manual_seed_and_a_generator():
@@ -78,33 +83,27 @@ def test_a_device_philox_gives_the_references_noise(backend):
 
 
 @requires_gpu
-@pytest.mark.parametrize("op", ["perturb", "stoc_relu_ema", "noisy_repeat", "random_start"])
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_ops_follow_torch_cuda_manual_seed(backend, op):
-    call = _noise_calls(backend)[op]
+def test_ops_follow_torch_cuda_manual_seed(noise_call):
     x = torch.randn(2, 4, 6, device="cuda")
     torch.cuda.manual_seed(11)
-    first = call(x)
+    first = noise_call(x)
     torch.cuda.manual_seed(11)
-    assert torch.equal(first, call(x))
-    assert not torch.equal(first, call(x))
+    assert torch.equal(first, noise_call(x))
+    assert not torch.equal(first, noise_call(x))
 
 
 @requires_gpu
-@pytest.mark.parametrize("op", ["perturb", "stoc_relu_ema", "noisy_repeat", "random_start"])
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_every_cuda_graph_replay_draws_fresh_noise(backend, op):
-    call = _noise_calls(backend)[op]
+def test_every_cuda_graph_replay_draws_fresh_noise(noise_call):
     x = torch.randn(2, 4, 6, device="cuda")
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(2):  # warm up (Triton compiles, allocators settle) outside the capture
-            call(x)
+            noise_call(x)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = call(x)
+        out = noise_call(x)
     outputs = []
     for _ in range(3):
         graph.replay()

@@ -423,7 +423,8 @@ at::Tensor mim_step(const at::Tensor& x_adv, const at::Tensor& grad, const at::T
 
 at::Tensor random_start(const at::Tensor& x_orig, const at::Tensor& eps, c10::string_view norm, double lo,
                         double hi, const at::Tensor& philox) {
-  const auto [seed, offset] = check_random_start_args(x_orig, eps, lo, hi, philox);
+  check_random_start_args(x_orig, eps, lo, hi);
+  const auto [seed, offset] = philox_pair(philox);
   check_cpu_dtype(x_orig, "x_orig");
   const bool l2 = is_l2_norm(norm);
   at::Tensor out = pooled_empty(x_orig.sizes(), x_orig.scalar_type());

@@ -105,7 +105,7 @@ at::Tensor mim_step_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const 
 
 at::Tensor random_start_cuda(const at::Tensor& x_orig, const at::Tensor& eps, c10::string_view norm, double lo,
                              double hi, const at::Tensor& philox) {
-  check_random_start_inputs(x_orig, eps, lo, hi);
+  check_random_start_args(x_orig, eps, lo, hi);
   const gpu::PhiloxArg philox_arg = gpu_philox(philox, x_orig.device());
   check_cuda_input(x_orig, "x_orig");
   const bool l2 = is_l2_norm(norm);
