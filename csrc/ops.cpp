@@ -17,7 +17,7 @@ TORCH_LIBRARY(stochnet, m) {
   // running sigma). Functional: the caller copies the new sigma into its buffer.
   m.def("stoc_relu_ema(Tensor x, Tensor running_sigma, float gamma, float momentum, bool training, "
         "Tensor philox) -> (Tensor, Tensor, Tensor)");
-  // grad * mask, the packed 1-bit mask in grad's memory order.
+  // grad where the mask bit is set, else 0 (NaN / inf included); the packed 1-bit mask in grad's memory order.
   m.def("stoc_relu_ema_backward(Tensor grad, Tensor mask) -> Tensor");
   // Learn2Perturb / PNI / Gaussian noise: y = x + theta * z on a contiguous x of shape (N, C, *).
   // theta is contiguous with 1 (scalar), C (per channel) or numel / N (per element of the

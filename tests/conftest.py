@@ -7,6 +7,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from backends import AVAILABLE  # noqa: E402  (reads TRITON_INTERPRET)
+
 
 @pytest.fixture(scope="session")
 def mnist():
@@ -37,3 +39,9 @@ def cnn(trained_cnn):
     _reset(trained_cnn)
     yield trained_cnn
     _reset(trained_cnn)
+
+
+@pytest.fixture(params=AVAILABLE, ids=str)
+def backend(request):
+    """Each backend available here (tests/backends.py): a Backend with its name and device."""
+    return request.param

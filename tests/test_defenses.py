@@ -50,7 +50,11 @@ CONFIGS = {
     "l2p": {"lr": 0.05, "steps": 2, "eps": 4 / 255, "noise_start": 1, "adv_start": 1},
     "anis2": {"lr": 0.05, "steps": 2, "eps": 4 / 255, "gamma_max": 0.2},
     "gaussian": {"lr": 0.05, "sigma": 0.1},
+    "denoiser": {"lr": 0.01, "steps": 2, "eps": 4 / 255, "denoiser_blocks": 1, "denoiser_width": 4},
 }
+# The methods that train the classifier itself; the denoiser trains a module in front of a frozen one
+# (its own invariants: tests/test_denoiser.py).
+CLASSIFIER_METHODS = sorted(name for name, cls in METHODS.items() if not cls.needs_classifier)
 
 
 def make(name, config=None, epochs=2, seed=0):
@@ -91,7 +95,7 @@ def eval_loss(model, x, y):
     return loss
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", CLASSIFIER_METHODS)
 def test_method_learns_the_tiny_task(name):
     x, y = tiny_data()
     data = batches(x, y)
@@ -137,7 +141,7 @@ def test_resume_from_state_dict_continues_exactly(name):
     assert resumed.state_dict()["epoch"] == straight.state_dict()["epoch"] == 1
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", CLASSIFIER_METHODS)
 def test_train_step_leaves_the_model_in_train_mode(name):
     method = make(name, epochs=2)
     method.on_epoch_start(1)  # past every warm-up of the test configs: attacks run
@@ -330,7 +334,7 @@ def process_group(tmp_path_factory):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("name", ["adv", "trades", "l2p", "anis2"])
+@pytest.mark.parametrize("name", ["adv", "trades", "l2p", "anis2", "denoiser"])
 def test_train_step_through_ddp_matches_the_bare_model(name, process_group):
     x, y = tiny_data(32)
     bare, wrapped = make(name, epochs=2), make(name, epochs=2)

@@ -41,7 +41,7 @@ def test_the_package_registries_share_the_shape():
     assert MODEL_NAMES == MODELS.names() and "mnist_cnn" in MODEL_NAMES
     assert ATTACK_NAMES == ("fgsm", "bim", "pgd", "pgd-l2", "mim", "eot-pgd", "cw", "deepfool", "boundary",
                             "autoattack", "autoattack-rand")
-    assert {"standard", "adv", "trades", "pni", "l2p", "anis2", "gaussian"} == set(METHODS)
+    assert {"standard", "adv", "trades", "pni", "l2p", "anis2", "gaussian", "denoiser"} == set(METHODS)
 
 
 def test_the_builders_by_name_name_the_known_ones():

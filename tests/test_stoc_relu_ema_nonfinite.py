@@ -139,3 +139,19 @@ def test_an_old_state_dict_without_skipped_updates_loads_strictly():
     del current["1.skipped_updates"]  # a current state dict that lacks it is incomplete
     with pytest.raises(RuntimeError, match="skipped_updates"):
         fresh.load_state_dict(current)
+
+
+def test_a_non_finite_gradient_where_the_unit_is_off_gives_zero_on_every_backend_as_torch_relu(backend):
+    """The backward is a select, not ``grad * mask``: NaN / inf gradients of units that are off give 0
+    (torch.relu's backward), those of units that are on pass through."""
+    from stochnet.ops.layout import pack_bits
+    from stochnet.ops.stoc_relu_ema import reference_backward
+    x = torch.tensor([-5.0, 5.0, -5.0, 5.0, -5.0, 5.0, 1.0, -1.0, 2.0]).repeat(3, 1)
+    grad = torch.tensor([float("nan"), float("nan"), float("inf"), float("inf"), -float("inf"), 1.0, 2.0, 3.0, 4.0])
+    grad = grad.repeat(3, 1)
+    leaf = x.clone().requires_grad_()
+    torch.relu(leaf).backward(grad)
+    mask = pack_bits(x > 0)
+    torch.testing.assert_close(reference_backward(grad, mask), leaf.grad, rtol=0, atol=0, equal_nan=True)
+    on_backend = backend.ops.stoc_relu_ema_backward(grad.to(backend.device), mask.to(backend.device))
+    torch.testing.assert_close(on_backend.cpu(), leaf.grad, rtol=0, atol=0, equal_nan=True)

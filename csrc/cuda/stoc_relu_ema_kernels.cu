@@ -332,7 +332,7 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   }
 }
 
-// grad_x = grad * bit, the product kept (not a select) so NaN / inf gradients match grad * mask.
+// grad_x = bit ? grad : 0, a select (as torch.relu's backward): a NaN / inf gradient where the bit is 0 gives 0.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     stoc_relu_ema_backward_kernel(const T* __restrict__ grad, const uint8_t* __restrict__ mask, T* __restrict__ out,
@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(kThreads)
     A g[kUnit];
     load_unit(grad, p0, valid, vec, g);
 #pragma unroll
-    for (int j = 0; j < kUnit; ++j) g[j] = g[j] * static_cast<A>((bits >> j) & 1u);
+    for (int j = 0; j < kUnit; ++j) g[j] = ((bits >> j) & 1u) ? g[j] : A(0);
     store_unit(out, p0, valid, vec, g);
   }
 }

@@ -37,7 +37,7 @@ int64_t stoc_relu_ema_workspace_bytes(int64_t numel, int64_t channels, int64_t i
 
 cudaError_t stoc_relu_ema_forward(const StocReluEmaArgs& args, cudaStream_t stream);
 
-// grad_x = grad * mask for a dense grad of numel elements, mask packed as in the forward.
+// grad_x = mask ? grad : 0 for a dense grad of numel elements, mask packed as in the forward.
 cudaError_t stoc_relu_ema_backward(DType dtype, const void* grad, const uint8_t* mask, void* grad_x, int64_t numel,
                                int sm_count, cudaStream_t stream);
 

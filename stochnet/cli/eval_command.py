@@ -12,14 +12,15 @@ from ..attacks.registry import (ATTACK_BUDGETS, ATTACK_NAMES, AttackSettings, cr
 from .attack_specs import parse_attack_names
 from .errors import UsageError, user_values
 from .output import check_writable, format_table, percent, write_json
-from .transfer_source import load_source
+from .transfer_source import classifier_source, has_classifier, load_source
 
 
 _DESCRIPTION = (
     "Evaluate each checkpoint against each attack: one table row per checkpoint x attack, "
     "and OUT/eval.json. Stochastic models are evaluated --repeats times (mean and std). "
     "A transfer attack, transfer-NAME, crafts its examples with the attack NAME on the "
-    "--source-checkpoint model and scores them on each --checkpoint model. "
+    "--source-checkpoint model and scores them on each --checkpoint model; with "
+    "--source-classifier, on each denoiser checkpoint's own classifier without its denoiser. "
     "A progress bar per checkpoint x attack (images attacked over all repeats, images/s, "
     "ETA) goes to stderr: plain lines when stderr is not a terminal.")
 
@@ -36,7 +37,12 @@ def add_parser(commands, argv):
                              "any of them, e.g. transfer-pgd (default: fgsm,pgd,eot-pgd)")
     parser.add_argument("--source-checkpoint", default=None, metavar="CKPT",
                         help="the model transfer attacks craft their examples on: a checkpoint written by "
-                             "'stochnet train' for the same input shape and classes (needed by transfer-NAME)")
+                             "'stochnet train' for the same input shape and classes (needed by transfer-NAME, "
+                             "unless --source-classifier)")
+    parser.add_argument("--source-classifier", action="store_true",
+                        help="transfer attacks craft their examples on each --checkpoint's own classifier alone: "
+                             "for a 'stochnet train --method denoiser' checkpoint, the frozen classifier without "
+                             "the denoiser in front (every --checkpoint must be such a run)")
     parser.add_argument("--eps", type=float, default=None,
                         help="L-inf budget (default: 0.3 on MNIST, 8/255 on CIFAR)")
     parser.add_argument("--eps-l2", type=float, default=None, help="L2 budget of pgd-l2 (default: 2.0 MNIST, 0.5 CIFAR)")
@@ -63,7 +69,8 @@ def attack_epilog():
     lines = [f"  {name + ':':<{width}} {ATTACK_BUDGETS[name]}" for name in ATTACK_NAMES]
     return ("attacks and their default budgets (--eps, --eps-l2, --alpha, --steps,\n"
             "--eot-samples, --cw-steps and --queries change them):\n" + "\n".join(lines)
-            + f"\n  {'transfer-NAME:':<{width}} the attack NAME, crafted on --source-checkpoint")
+            + f"\n  {'transfer-NAME:':<{width}} the attack NAME, crafted on --source-checkpoint (or, with "
+            f"--source-classifier,\n  {'':<{width}} on a denoiser checkpoint's bare classifier)")
 
 
 def run(args):
@@ -94,12 +101,17 @@ def _run(args, names, transfers, settings, ranks):
     say = print if ranks.is_main else _silent
     device = ranks.device
     states = [(path, load_checkpoint(path)) for path in args.checkpoint]  # every path checked before any work
-    source = load_source(args.source_checkpoint, states, device) if transfers else None
-    source_label = checkpoint_label(source.path, source.args) if source else None
+    if args.source_classifier:
+        _check_classifiers(states)
+    shared = load_source(args.source_checkpoint, states, device) if transfers and args.source_checkpoint else None
     rows = []
     for path, state in states:
         run_args = state["args"]
         model = model_from_checkpoint(state, device)
+        source = None
+        if transfers:  # --source-checkpoint's model, or (--source-classifier) this checkpoint's classifier
+            source = shared if shared is not None else classifier_source(path, state, model)
+        source_label = _source_label(source) if source else None
         with user_values():  # --data-dir
             bundle = load_data(run_args["data"], args.data_dir or run_args["data_dir"], augment=False)
         count = len(bundle.test) if args.limit is None else min(args.limit, len(bundle.test))
@@ -147,11 +159,15 @@ def _run(args, names, transfers, settings, ranks):
             say(f"{label} {name}: done in {rows[-1]['seconds']:.1f}s", flush=True)
     if not ranks.is_main:
         return 0
-    if source:
-        print(f"transfer-* rows: examples crafted on {source_label}, scored on the row's model")
+    if shared:
+        print(f"transfer-* rows: examples crafted on {_source_label(shared)}, scored on the row's model")
+    elif transfers:
+        print("transfer-* rows: examples crafted on the row's bare classifier (without its denoiser), "
+              "scored on the row's model")
     print(format_table(rows, _COLUMNS))
     settings_json = {**vars(settings), "limit": args.limit, "seed": args.seed, "repeats": args.repeats,
-                     "source_checkpoint": args.source_checkpoint, "processes": ranks.world_size}
+                     "source_checkpoint": args.source_checkpoint, "source_classifier": args.source_classifier,
+                     "processes": ranks.world_size}
     path = write_json(Path(args.out) / "eval.json", {"settings": settings_json, "rows": rows})
     print(f"wrote {path}")
     return 0
@@ -173,15 +189,36 @@ def checkpoint_label(path, run_args):
     return f"{Path(path).resolve().parent.name} ({run_args['method']} {run_args['model']})"
 
 
+def _source_label(source):
+    """The label of a transfer source: its checkpoint's, or ``RUN classifier (...)`` for the bare
+    classifier inside a denoiser checkpoint."""
+    if not source.classifier_of:
+        return checkpoint_label(source.path, source.args)
+    return f"{Path(source.path).resolve().parent.name} classifier ({source.args['method']} {source.args['model']})"
+
+
+def _check_classifiers(states):
+    """--source-classifier: every --checkpoint must hold a classifier behind a denoiser."""
+    for path, state in states:
+        if not has_classifier(state):
+            raise UsageError(f"--source-classifier: --checkpoint {path} is a {state['args']['method']} run, which "
+                             "has no classifier of its own to craft on (only --method denoiser checkpoints have one)")
+
+
 def _check_arguments(args, names):
     """Check the options before any work; returns the transfer attacks among ``names``."""
     transfers = [name for name in names if crafting_attack(name) is not None]
-    if transfers and args.source_checkpoint is None:
+    if args.source_checkpoint is not None and args.source_classifier:
+        raise UsageError("--source-checkpoint and --source-classifier both name the model transfer attacks craft "
+                         "on: pass one")
+    if transfers and args.source_checkpoint is None and not args.source_classifier:
         raise UsageError(f"--attacks {','.join(transfers)} needs --source-checkpoint CKPT: the model whose "
-                         "examples are transferred")
-    if args.source_checkpoint is not None and not transfers:
-        raise UsageError("--source-checkpoint is used by transfer attacks only: name one in --attacks, "
-                         "e.g. transfer-pgd")
+                         "examples are transferred (or --source-classifier, for denoiser checkpoints: their "
+                         "bare classifier)")
+    for flag, given in (("--source-checkpoint", args.source_checkpoint is not None),
+                        ("--source-classifier", args.source_classifier)):
+        if given and not transfers:
+            raise UsageError(f"{flag} is used by transfer attacks only: name one in --attacks, e.g. transfer-pgd")
     for name in ("steps", "eot_samples", "cw_steps", "queries", "repeats", "batch_size"):
         _check_positive(args, name)
     if args.limit is not None:

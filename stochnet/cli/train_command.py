@@ -53,6 +53,10 @@ def add_parser(commands, argv):
                              "width, trained by a method without noise modules (standard, adv, trades, gaussian); "
                              "a noisy method keeps its own noise parameters at their initial values. With --resume "
                              "of a saved run its checkpoint's weights win")
+    parser.add_argument("--classifier", default=None, metavar="CKPT",
+                        help="checkpoint of the trained classifier that --method denoiser trains its denoiser in "
+                             "front of (kept frozen; its weights are stored in this run's checkpoint); needed by "
+                             "denoiser, refused by the other methods. --model, --data and --width must be its")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier of the CIFAR ResNets")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     method = _method_in(argv)
@@ -74,7 +78,8 @@ def run(args):
         options = {name: getattr(parsed, name) for name in set_by_user}
         run_args = TrainRun(method=args.method, model=args.model, data=args.data, epochs=args.epochs,
                             batch_size=args.batch_size, out=args.out, data_dir=args.data_dir, seed=args.seed,
-                            train_subset=args.train_subset, teacher=args.teacher, init=args.init, width=args.width,
+                            train_subset=args.train_subset, teacher=args.teacher, init=args.init,
+                            classifier=args.classifier, width=args.width,
                             eval_batch_size=args.eval_batch_size, resume=args.resume, overwrite=args.overwrite,
                             device=args.device, options=options)
     train(run_args)

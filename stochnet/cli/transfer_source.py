@@ -11,11 +11,14 @@ _DATA_SHAPE = ("in_channels", "image_size", "num_classes")
 
 @dataclass(frozen=True)
 class Source:
-    """A loaded source checkpoint: its path, the run arguments stored in it, and the rebuilt model."""
+    """A loaded source checkpoint: its path, the run arguments stored in it, and the rebuilt model;
+    ``classifier_of`` is True for the bare classifier inside a checkpoint trained in front of one
+    (``args`` are then the classifier's)."""
 
     path: str
     args: dict
     model: torch.nn.Module
+    classifier_of: bool = False
 
 
 def load_source(path, target_states, device):
@@ -41,3 +44,15 @@ def _data_shape(state):
 def _describe(shape):
     channels, size, classes = shape
     return f"{channels}x{size}x{size} images of {classes} classes"
+
+
+def has_classifier(state):
+    """Whether a loaded checkpoint holds a frozen classifier behind another module (``--method denoiser``)."""
+    return "classifier_args" in state["args"]
+
+
+def classifier_source(path, state, model):
+    """The bare classifier of the checkpoint at ``path`` (loaded as ``state``; ``model`` is the
+    ``stochnet.models.DenoisedClassifier`` rebuilt from it) as a :class:`Source`: transfer examples
+    crafted on it alone, without the denoiser in front."""
+    return Source(path=str(path), args=state["args"]["classifier_args"], model=model.classifier, classifier_of=True)

@@ -11,6 +11,7 @@ from ..registry import Registry
 from .adv import AdversarialTraining, AdvOptions
 from .anis2 import ANIS2, ANIS2Options, anis2_gamma
 from .base import Method
+from .denoiser import DenoiserOptions, DenoiserTraining
 from .gaussian import GaussianAugmentation, GaussianOptions
 from .l2p import L2POptions, Learn2Perturb
 from .options import AdversarialOptions, OptimizerOptions, parse_options
@@ -20,7 +21,8 @@ from .trades import Trades, TradesOptions
 
 # name -> Method class
 METHODS = Registry("method", {cls.name: cls for cls in (Standard, AdversarialTraining, Trades, PNITraining,
-                                                        Learn2Perturb, ANIS2, GaussianAugmentation)})
+                                                        Learn2Perturb, ANIS2, GaussianAugmentation,
+                                                        DenoiserTraining)})
 
 
 def build_method(name, model, config, *, epochs, example_input, teacher_state=None):
@@ -28,8 +30,10 @@ def build_method(name, model, config, *, epochs, example_input, teacher_state=No
     name -> value; unset options take the method's defaults).
 
     ``example_input`` (a sample batch) gives the shapes of the noise modules of ``l2p`` and
-    ``anis2``; ``teacher_state`` is the teacher's state dict for ``anis2``. pni, l2p and anis2
-    train a converted copy of ``model``: use ``method.model`` (its state dict is the one to save).
+    ``anis2`` and the channels of ``denoiser``'s DnCNN; ``teacher_state`` is the teacher's state
+    dict for ``anis2``. pni, l2p and anis2 train a converted copy of ``model``; ``denoiser`` takes
+    ``model`` as its frozen classifier and trains a denoiser in front of it: use ``method.model``
+    (its state dict is the one to save).
     """
     cls = METHODS.get(name)
     options = parse_options(cls.Options, config)
@@ -39,4 +43,4 @@ def build_method(name, model, config, *, epochs, example_input, teacher_state=No
 __all__ = ["METHODS", "build_method", "Method", "OptimizerOptions", "AdversarialOptions", "parse_options",
            "Standard", "StandardOptions", "AdversarialTraining", "AdvOptions", "Trades",
            "TradesOptions", "PNITraining", "PNIOptions", "Learn2Perturb", "L2POptions", "ANIS2", "ANIS2Options",
-           "anis2_gamma", "GaussianAugmentation", "GaussianOptions"]
+           "anis2_gamma", "GaussianAugmentation", "GaussianOptions", "DenoiserTraining", "DenoiserOptions"]

@@ -25,6 +25,9 @@ class Method:
 
     name = None
     Options = OptimizerOptions
+    # Whether ``model`` is a trained classifier that the method keeps frozen and trains a module in
+    # front of (``stochnet train --classifier CKPT``), instead of the architecture to train.
+    needs_classifier = False
 
     def __init__(self, model, options, *, epochs, example_input=None, teacher_state=None):
         if not isinstance(model, nn.Module):

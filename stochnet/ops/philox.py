@@ -39,7 +39,9 @@ def draw_seed(device=None, generator=None):
     """
     if generator is not None:
         device = generator.device
-    if device is not None and torch.device(device).type == "cuda":
+    if device is not None and not isinstance(device, torch.device):
+        device = torch.device(device)
+    if device is not None and device.type == "cuda":
         pair = torch.randint(0, SEED_BOUND, (2,), dtype=torch.int64, device=device, generator=generator)
         index = pair.device.index
         if index:  # torch.cuda.manual_seed_all seeds every device alike: tell their keys apart

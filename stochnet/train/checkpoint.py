@@ -5,8 +5,10 @@ pickled code. Its keys: ``format``, ``epoch`` (epochs completed), ``args`` (the 
 arguments, enough to rebuild the model), ``model`` (state dict), ``noise`` (plain noise
 attributes that are not in the state dict, such as StocReLUEMA's scheduled ``gamma``),
 ``method`` (optimizers, schedulers, schedules), ``rng`` (one entry per rank) and ``history``
-(per-epoch metrics). :func:`load_checkpoint` checks these parts (``SCHEMA``) before any command
-reads them.
+(per-epoch metrics). A run trained in front of a frozen classifier (``--method denoiser``) also
+stores that classifier's run arguments in ``args.classifier_args``; its weights are in ``model``.
+:func:`load_checkpoint` checks these parts (``SCHEMA``, and ``ARGS_SCHEMA`` for the classifier's
+arguments) before any command reads them.
 """
 import os
 import random
@@ -69,6 +71,8 @@ SCHEMA = {
     "args.data_info.mean": ("a list of numbers", _numbers),
     "args.data_info.std": ("a list of numbers", _numbers),
 }
+# The rules of SCHEMA's ``args.*``, for run arguments stored inside a checkpoint (``args.classifier_args``).
+ARGS_SCHEMA = {key[len("args."):]: rule for key, rule in SCHEMA.items() if key.startswith("args.")}
 
 
 def non_finite_tensors(state_dict):
@@ -152,20 +156,26 @@ def load_checkpoint(path, map_location="cpu"):
                               f"{(str(error).splitlines() or [''])[0]}") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a stochnet checkpoint (expected format {FORMAT!r})")
-    _check_schema(state, path)
+    _check_schema(state, path, SCHEMA)
+    if "classifier_args" in state["args"]:
+        classifier = state["args"]["classifier_args"]
+        if not isinstance(classifier, dict):
+            raise CheckpointError(f"checkpoint {str(path)!r} is malformed: args.classifier_args must be a dict, "
+                                  f"got {_describe(classifier)}")
+        _check_schema(classifier, path, ARGS_SCHEMA, "args.classifier_args.")
     return state
 
 
-def _check_schema(state, path):
-    for key, (expected, check) in SCHEMA.items():
+def _check_schema(state, path, schema, where=""):
+    for key, (expected, check) in schema.items():
         *parents, name = key.split(".")
         holder = state
         for parent in parents:
             holder = holder[parent]
         if name not in holder:
-            raise CheckpointError(f"checkpoint {str(path)!r} is malformed: {key} is missing")
+            raise CheckpointError(f"checkpoint {str(path)!r} is malformed: {where}{key} is missing")
         if not check(holder[name]):
-            raise CheckpointError(f"checkpoint {str(path)!r} is malformed: {key} must be {expected}, "
+            raise CheckpointError(f"checkpoint {str(path)!r} is malformed: {where}{key} must be {expected}, "
                                   f"got {_describe(holder[name])}")
 
 

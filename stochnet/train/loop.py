@@ -19,10 +19,12 @@ from ..modes import eval_mode
 from ..nn.stoc_relu_ema import sync_stoc_relu, warn_skipped_updates
 from ..output import write_json
 from .checkpoint import (CheckpointError, apply_noise_attributes, capture_rng_state, load_checkpoint,
-                         noise_attributes, non_finite_tensors, restore_rng_state, save_checkpoint)
+                         noise_attributes, restore_rng_state, save_checkpoint)
 from .distributed import EpochSampler, barrier, gather_objects, rank_seed, setup_ranks, sum_over_ranks, teardown
 from .progress import EpochProgress
+from .rebuild import model_from_checkpoint, stored_classifier
 from .run_folder import CHECKPOINT, METRICS, RunFolderError, claim_run_folder, remove_previous_run
+from .starting_weights import check_starting_weights, classifier_checkpoint, load_init, start_checkpoint
 
 # The arguments that define a run: resuming with any of them changed would not continue the same run.
 # --epochs is not one: a resume may change it to any number >= the epochs the checkpoint has done
@@ -45,6 +47,7 @@ class TrainRun:
     train_subset: int | None = None
     teacher: str | None = None
     init: str | None = None
+    classifier: str | None = None
     width: float = 1.0
     eval_batch_size: int = 256
     resume: bool = False
@@ -115,8 +118,9 @@ def _set_up(run, ranks, stream):
     out = Path(run.out)
     checkpoint_path = out / CHECKPOINT
     resumed = None
-    _check_starting_weights(run)
-    if run.resume and checkpoint_path.exists():
+    resuming = run.resume and checkpoint_path.exists()
+    check_starting_weights(run, resuming)
+    if resuming:
         resumed = load_checkpoint(checkpoint_path)
         _check_same_run(resumed["args"], run, resumed["epoch"])
         _warn_epochs_changed(resumed["args"], run, resumed["epoch"], ranks, stream)
@@ -127,13 +131,19 @@ def _set_up(run, ranks, stream):
         # The run's own weights stand in for its teacher's (loaded over them below anyway), so a
         # resumed run does not need the teacher checkpoint any more; nor the --init one.
         teacher_state = resumed["model"]
-        if run.init is not None:
-            _log(ranks, stream, f"--resume: the weights come from {checkpoint_path}; --init {run.init!r} is not read again")
+        for flag, given in (("--init", run.init), ("--classifier", run.classifier)):
+            if given is not None:
+                _log(ranks, stream, f"--resume: the weights come from {checkpoint_path}; {flag} {given!r} is not read again")
     else:
-        init = _start_checkpoint(run.init, "--init", run) if run.init else None
+        init = start_checkpoint(run.init, "--init", run) if run.init else None
         # A method with a teacher (anis2) starts from its weights: --init stands in for --teacher.
-        teacher_state = (_start_checkpoint(run.teacher, "--teacher", run)["model"] if run.teacher
+        teacher_state = (start_checkpoint(run.teacher, "--teacher", run)["model"] if run.teacher
                          else init["model"] if init is not None else None)
+    # A method trained in front of a frozen classifier (denoiser) takes it as its model: the one of
+    # --classifier, or, resumed, the one the run's checkpoint holds.
+    classifier = None
+    if METHODS.get(run.method).needs_classifier:
+        classifier = stored_classifier(resumed) if resumed is not None else classifier_checkpoint(run)
 
     bundle = load_data(run.data, run.data_dir, augment=True, seed=run.seed)
     train_set = _subset(bundle.train, run.train_subset, run.seed)
@@ -146,13 +156,16 @@ def _set_up(run, ranks, stream):
                  "image_size": bundle.image_size, "mean": list(bundle.mean), "std": list(bundle.std)}
 
     torch.manual_seed(run.seed)
-    model = build_model(run.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                        mean=bundle.mean, std=bundle.std, width=run.width).to(ranks.device)
+    if classifier is not None:
+        model = model_from_checkpoint(classifier, ranks.device)
+    else:
+        model = build_model(run.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                            mean=bundle.mean, std=bundle.std, width=run.width).to(ranks.device)
     if init is not None:
         # Into the plain architecture, before the method converts it: a method that adds noise
         # parameters or modules (pni, l2p, anis2) copies these weights and starts its own at their
         # initial values.
-        _load_init(model, init, run)
+        load_init(model, init, run)
     example_input = torch.stack([bundle.test[i][0] for i in range(min(2, len(bundle.test)))]).to(ranks.device)
     method = build_method(run.method, model, dict(run.options), epochs=run.epochs, example_input=example_input,
                           teacher_state=teacher_state)
@@ -180,7 +193,9 @@ def _set_up(run, ranks, stream):
     return SimpleNamespace(out=out, checkpoint_path=checkpoint_path, bundle=bundle, sampler=sampler, loader=loader,
                            test_loader=test_loader, data_info=data_info, method=method, student=student, net=net,
                            start_epoch=start_epoch, history=history,
-                           init=run.init if resumed is None else resumed["args"].get("init"))
+                           init=run.init if resumed is None else resumed["args"].get("init"),
+                           classifier=run.classifier if resumed is None else resumed["args"].get("classifier"),
+                           classifier_args=classifier["args"] if classifier is not None else None)
 
 
 def _epochs(run, ranks, stream, on_epoch_end, state):
@@ -192,7 +207,10 @@ def _epochs(run, ranks, stream, on_epoch_end, state):
         removed = remove_previous_run(out)
         if removed:
             _log(ranks, stream, f"--overwrite: removed the previous run's {', '.join(removed)} from {out}")
-    args = {**asdict(run), "init": state.init, "data_info": state.data_info, "world_size": ranks.world_size}
+    args = {**asdict(run), "init": state.init, "classifier": state.classifier, "data_info": state.data_info,
+            "world_size": ranks.world_size}
+    if state.classifier_args is not None:
+        args["classifier_args"] = state.classifier_args  # what rebuilds the frozen classifier
     if start_epoch:
         _log(ranks, stream, f"resuming {checkpoint_path} after epoch {start_epoch}/{run.epochs}")
     started = time.perf_counter()
@@ -273,9 +291,12 @@ def _check_same_run(stored, run, epochs_done):
     current = asdict(run)
     changed = [f"{key} ({stored.get(key)!r} -> {current[key]!r})" for key in RUN_DEFINING
                if stored.get(key) != current[key]]
-    # --init may be left out on resume (its weights are in the checkpoint); another one is another run.
-    if run.init is not None and stored.get("init") != run.init:
-        changed.append(f"init ({stored.get('init')!r} -> {run.init!r})")
+    # --init and --classifier may be left out on resume (their weights are in the checkpoint); another
+    # one is another run.
+    for flag in ("init", "classifier"):
+        given = getattr(run, flag)
+        if given is not None and stored.get(flag) != given:
+            changed.append(f"{flag} ({stored.get(flag)!r} -> {given!r})")
     if changed:
         raise CheckpointError(f"--resume: the checkpoint in {run.out!r} is of another run; changed: {', '.join(changed)}")
     if run.epochs < epochs_done:
@@ -303,47 +324,3 @@ def _warn_epochs_changed(stored, run, epochs_done, ranks, stream):
                         f"out for {old} epochs ({'; '.join(before.values())}) and are now laid out for "
                         f"{run.epochs} ({'; '.join(after.values())}); epochs {epochs_done + 1}-{run.epochs} "
                         f"follow the new layout, not the values the checkpoint ended with")
-
-
-def _check_starting_weights(run):
-    """--teacher only for a method that reads one; --init and --teacher not both (ValueErrors)."""
-    if run.teacher is None:
-        return
-    cls = METHODS.get(run.method)
-    options = parse_options(cls.Options, dict(run.options))
-    if not cls.uses_teacher(options):
-        why = " with teacher_init=False" if hasattr(options, "teacher_init") else ""
-        raise ValueError(f"--method {run.method} has no teacher{why}: --teacher would be ignored; "
-                         f"to start from a checkpoint's weights pass --init CKPT")
-    if run.init is not None:
-        raise ValueError(f"--init and --teacher both give the weights --method {run.method} starts from: pass one")
-
-
-def _start_checkpoint(path, flag, run):
-    """The checkpoint at ``path`` (given as ``flag``), after checking its architecture matches ``run``'s."""
-    checkpoint = load_checkpoint(path)
-    args = checkpoint["args"]
-    mismatched = [f"{key} {args.get(key)!r} (this run: {getattr(run, key)!r})" for key in ("model", "data", "width")
-                  if args.get(key) != getattr(run, key)]
-    if mismatched:
-        raise CheckpointError(f"{flag} {path!r} does not match this run's model: it has {', '.join(mismatched)}")
-    return checkpoint
-
-
-def _load_init(model, checkpoint, run):
-    """Load the --init checkpoint's weights into the plain architecture ``model`` (strictly)."""
-    state = checkpoint["model"]
-    not_finite = non_finite_tensors(state)
-    if not_finite:
-        raise CheckpointError(f"--init {run.init!r}: the checkpoint's weights are not finite "
-                              f"({len(not_finite)} tensor(s), the first {not_finite[0]!r})")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines or [""])[0]  # the keys or shapes that differ
-        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
-        raise CheckpointError(
-            f"--init {run.init!r} holds a {checkpoint['args'].get('method')!r} model, which does not fit the plain "
-            f"{run.model} that every method starts from: --init takes a checkpoint of a method without noise "
-            f"modules (standard, adv, trades, gaussian); {detail}") from error
