@@ -10,34 +10,9 @@ from stochnet.defenses import METHODS, build_method, parse_options
 from stochnet.defenses.adversary import Adversary
 from stochnet.defenses.options import AdversarialOptions
 from stochnet.nn import PerturbationInjection, StocReLUEMA
+from tiny_task import one_thread, tiny_data, tiny_net  # noqa: F401  (one_thread: autouse fixture)
 
-CLASSES = 4
 BATCH = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run far slower on two threads of a busy 2-core machine than on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_net():
-    """Conv+BN pairs in a Sequential (Learn2Perturb's injection sites), one ReLU per call site."""
-    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                         nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(8 * 4 * 4, CLASSES))
-
-
-def tiny_data(n=128, seed=0):
-    """Four classes of 1x8x8 images in [0, 1]: a fixed template per class plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    templates = torch.rand(CLASSES, 1, 8, 8, generator=g)
-    y = torch.arange(n) % CLASSES
-    x = (templates[y] + 0.15 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1)
-    return x, y
 
 
 # Fast settings for every method: a higher lr than the published fine-tuning / L2P defaults,

@@ -15,36 +15,13 @@ from stochnet.models import DenoisedClassifier, DnCNN
 from stochnet.nn import StocReLUEMA
 from stochnet.train import load_checkpoint, model_from_checkpoint, save_checkpoint
 from cli_runs import TINY_TRAIN, one_error_line, tiny_checkpoint
+from tiny_task import one_thread, tiny_data, tiny_net  # noqa: F401  (one_thread: autouse fixture)
 
-CLASSES = 4
 # A DnCNN small enough for a test; the options every training here shares.
 SMALL = {"denoiser_blocks": 2, "denoiser_width": 8}
 # TINY_TRAIN's budget (without its lr) for a DnCNN of one block of 4 channels, PGD-1.
 DENOISER_TRAIN = ["train", "--method", "denoiser", *TINY_TRAIN[3:TINY_TRAIN.index("--lr")], "--denoiser-blocks",
                   "1", "--denoiser-width", "4", "--steps", "1", "--eps", "0.3", "--step-size", "0.3"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run far slower on two threads of a busy 2-core machine than on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def classifier():
-    """A small CNN with BatchNorm, whose running statistics would move in train mode."""
-    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                         nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(8 * 4 * 4, CLASSES))
-
-
-def images(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    templates = torch.rand(CLASSES, 1, 8, 8, generator=g)
-    y = torch.arange(n) % CLASSES
-    return (templates[y] + 0.05 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1), y
 
 
 def noisy_denoiser(channels=1):
@@ -75,8 +52,8 @@ def test_dncnn_layers_shape_and_residual():
 
 def test_training_lowers_the_denoising_loss_and_keeps_the_classifier_frozen():
     torch.manual_seed(0)
-    frozen = classifier()
-    x, y = images(64)
+    frozen = tiny_net()
+    x, y = tiny_data(64, noise=0.05)
     method = build_method("denoiser", frozen, {**SMALL, "steps": 3, "eps": 0.3, "step_size": 0.12, "lr": 0.01},
                           epochs=1, example_input=x[:2])
     pipeline = method.model
@@ -111,8 +88,8 @@ def test_training_lowers_the_denoising_loss_and_keeps_the_classifier_frozen():
 
 def test_clean_pairs_and_adv_start():
     torch.manual_seed(0)
-    x, y = images(16)
-    method = build_method("denoiser", classifier(), {**SMALL, "adv_start": 1, "steps": 1}, epochs=2,
+    x, y = tiny_data(16, noise=0.05)
+    method = build_method("denoiser", tiny_net(), {**SMALL, "adv_start": 1, "steps": 1}, epochs=2,
                           example_input=x[:2])
     calls = []
     method.adversary = lambda x_clean, targets: calls.append(targets) or x_clean
@@ -126,9 +103,9 @@ def test_clean_pairs_and_adv_start():
 
 def test_white_box_gradients_flow_through_the_denoiser():
     torch.manual_seed(0)
-    bare = classifier().eval()
+    bare = tiny_net().eval()
     pipeline = DenoisedClassifier(noisy_denoiser(), bare).double().eval()
-    x, y = images(2)
+    x, y = tiny_data(2, noise=0.05)
     x = x.double().requires_grad_()
     # The input gradient of the pipeline is its true derivative (the denoiser's Jacobian included) ...
     assert torch.autograd.gradcheck(lambda v: pipeline(v), (x,), eps=1e-6, atol=1e-5)

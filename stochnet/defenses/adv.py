@@ -1,11 +1,9 @@
 """Adversarial training (Madry et al.) with FGSM, L-inf / L2 PGD or mixed-norm examples."""
 import dataclasses
 
-import torch
 import torch.nn.functional as nnf
 
-from .adversary import Adversary
-from ..modes import eval_mode
+from .adversary import Adversary, attack_targets
 from .base import Method
 from .options import AdversarialOptions, with_default
 
@@ -51,15 +49,8 @@ class AdversarialTraining(Method):
             return super().loss(model, x, y)
         weight = self.options.clean_weight
         clean_logits = model(x) if weight > 0 else None
-        targets = y
-        if self.options.attack_target == "prediction":
-            targets = self._predictions(x) if clean_logits is None else clean_logits.detach().argmax(1)
-        adv_logits = model(self.adversary(x, targets))
+        adv_logits = model(self.adversary(x, attack_targets(self.model, self.options, x, y, clean_logits)))
         loss = (1 - weight) * nnf.cross_entropy(adv_logits, y)
         if clean_logits is None:
             return loss, adv_logits, y
         return loss + weight * nnf.cross_entropy(clean_logits, y), clean_logits, y
-
-    def _predictions(self, x):
-        with eval_mode(self.model), torch.no_grad():
-            return self.model(x).argmax(1)

@@ -2,6 +2,7 @@
 import torch
 
 from ..attacks import FGSM, PGD
+from ..modes import eval_mode
 
 
 class Adversary:
@@ -29,3 +30,15 @@ class Adversary:
         if half == x.shape[0]:  # a batch of one sample has no second half
             return linf(x, labels)
         return torch.cat([linf(x[:half], labels[:half]), l2(x[half:], labels[half:])])
+
+
+def attack_targets(model, options, x, labels, clean_logits=None):
+    """The labels an adversary moves ``x`` away from: ``labels``, or with
+    ``options.attack_target == "prediction"`` the model's predictions on the clean batch (from
+    ``clean_logits`` when the caller has them, else from ``model`` in eval mode)."""
+    if options.attack_target == "label":
+        return labels
+    if clean_logits is not None:
+        return clean_logits.detach().argmax(1)
+    with eval_mode(model), torch.no_grad():
+        return model(x).argmax(1)

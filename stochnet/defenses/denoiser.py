@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as nnf
 
 from ..models import DenoisedClassifier, DnCNN
-from ..modes import eval_mode
-from .adversary import Adversary
+from .adversary import Adversary, attack_targets
 from .base import Method
 from .optim import make_optimizer
 from .options import AdversarialOptions, option, require, with_default
@@ -85,15 +84,9 @@ class DenoiserTraining(Method):
             shown = model(x, denoise_only=True)
             terms.append(weight * nnf.mse_loss(shown, x))
         if weight < 1:
-            denoised = model(self.adversary(x, self._targets(x, y)), denoise_only=True)
+            denoised = model(self.adversary(x, attack_targets(self.model.classifier, self.options, x, y)), denoise_only=True)
             terms.append((1 - weight) * nnf.mse_loss(denoised, x))
             shown = denoised if shown is None else shown
         with torch.no_grad():
             logits = self.model.classifier(shown)
         return sum(terms), logits, y
-
-    def _targets(self, x, y):
-        if self.options.attack_target == "label":
-            return y
-        with eval_mode(self.model.classifier), torch.no_grad():
-            return self.model.classifier(x).argmax(1)

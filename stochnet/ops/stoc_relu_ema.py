@@ -54,11 +54,14 @@ def _fake_backward(grad, mask):
     return torch.empty_like(grad)
 
 
-def _setup_context(ctx, inputs, output):
-    x = inputs[0]
-    ctx.mark_non_differentiable(output[1], output[2])
-    ctx.save_for_backward(output[1])
+def _save_mask(ctx, x, mask):
+    ctx.save_for_backward(mask)
     ctx.shape, ctx.stride = x.shape, x.stride()
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1], output[2])
+    _save_mask(ctx, inputs[0], output[1])
 
 
 def _backward_of(ops):
@@ -93,7 +96,7 @@ class _Eager(torch.autograd.Function):
             output = getattr(torch.ops, namespace).stoc_relu_ema(x, running_sigma, gamma, momentum, training, philox)
         if training:
             running_sigma.copy_(output[2])
-        _setup_context(ctx, (x,), output)
+        _save_mask(ctx, x, output[1])
         ctx.namespace = namespace
         return output[0]
 
